@@ -1,0 +1,115 @@
+"""The layout of a trained-model folder, and loading it back safely.
+
+A model folder (the training step's ``save_path``, the KFP ``Model`` artifact) holds::
+
+    config.yaml               the resolved TrainConfig
+    metadata.json             class names, manifest hash, epochs done, input size and normalization, version
+    training_model.keras      [image, label] -> logits
+    embedding_model.keras     image -> unit-length embedding
+    best/                     the same two .keras files at the best validation accuracy
+    checkpoints/              tf.train checkpoints to resume from (model, optimizer, epoch, step)
+    logs/                     training.csv and TensorBoard events
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+METADATA_FILE = "metadata.json"
+TRAINING_MODEL_FILE = "training_model.keras"
+EMBEDDING_MODEL_FILE = "embedding_model.keras"
+BEST_DIR = "best"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+# Images are fed to every model as (pixel - 127.5) / 128, RGB, channels last.
+NORMALIZATION = {"mean": 127.5, "scale": 1 / 128, "channels": "RGB", "layout": "NHWC"}
+
+
+class ModelLoadError(ValueError):
+    """A model folder or file is missing, broken, or unsafe to load."""
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    embedding_model: Any
+    config: Any
+    metadata: dict
+    training_model: Any = None
+    path: str = ""
+
+    @property
+    def image_size(self) -> int:
+        return int(self.embedding_model.input_shape[1])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata.get("class_names", []))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_keras(model, path: str | os.PathLike) -> None:
+    """Save a .keras file atomically (Keras insists on the suffix, so the temporary name keeps it)."""
+    path = str(path)
+    tmp = path[: -len(".keras")] + f".tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def load_keras(path: str | os.PathLike):
+    """Load a .keras file with safe mode on: a file that carries code (a Lambda layer) is refused."""
+    import keras
+
+    from arcface.models import CUSTOM_OBJECTS
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode" in str(e) or "lambda" in str(e).lower():
+            raise ModelLoadError(
+                f"refusing to load {path}: it contains code (a Lambda layer or a pickled function) that would run "
+                "on load. Rebuild the model from registered layers, or re-export it with this package.") from None
+        raise ModelLoadError(f"cannot load {path}: {e}") from None
+
+
+def load_model_dir(path: str | os.PathLike, with_training_model: bool = False, best: bool = False) -> TrainedModel:
+    """Load a trained-model folder (or a folder holding only ``embedding_model.keras``)."""
+    from arcface.config import TrainConfig, load_yaml
+
+    path = str(path)
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return TrainedModel(embedding_model=load_keras(path), config=TrainConfig(), metadata={}, path=path)
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"model folder {path} does not exist; pass the save_path of a training run")
+    folder = os.path.join(path, BEST_DIR) if best and os.path.isdir(os.path.join(path, BEST_DIR)) else path
+    embedding_file = os.path.join(folder, EMBEDDING_MODEL_FILE)
+    if not os.path.exists(embedding_file):
+        raise ModelLoadError(f"{path} holds no {EMBEDDING_MODEL_FILE}: train a model into it first "
+                             "(arcface train --save_path ...)")
+    config_file = os.path.join(path, CONFIG_FILE)
+    config = load_yaml(config_file) if os.path.exists(config_file) else TrainConfig()
+    metadata_file = os.path.join(path, METADATA_FILE)
+    metadata = {}
+    if os.path.exists(metadata_file):
+        with open(metadata_file, encoding="utf-8") as f:
+            metadata = json.load(f)
+    training_model = None
+    if with_training_model:
+        training_model = load_keras(os.path.join(folder, TRAINING_MODEL_FILE))
+    return TrainedModel(embedding_model=load_keras(embedding_file), config=config, metadata=metadata,
+                        training_model=training_model, path=path)

@@ -1,0 +1,154 @@
+"""The ``arcface`` command: validate, train, evaluate, export, embed, compare, search.
+
+``python train.py --flag=value ...`` (the original command line) is ``arcface train --flag=value ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _train(args) -> int:
+    from arcface import config as cfg
+    from arcface.train import train
+
+    config = cfg.from_args(args)
+    result = train(config, args.manifest)
+    return 0 if result.stopped in ("completed", "budget", "nothing-to-do") else 1
+
+
+def _validate(args) -> int:
+    from arcface.data import resolve_roots, run_validation
+
+    train_root, validation_root = resolve_roots(args.train_data, args.validation_data)
+    result = run_validation(train_root, validation_root, args.output_dir, n_classes=args.n_classes,
+                            min_images=args.min_images, strict=args.strict)
+    return 0 if result.ok or not args.strict else 1
+
+
+def _evaluate(args) -> int:
+    from arcface.evaluation import evaluate
+
+    metrics = evaluate(args.model, args.manifest, output_dir=args.output_dir, pairs_file=args.pairs,
+                       pairs_root=args.pairs_root, flip_tta=not args.no_flip, on_missing=args.on_missing)
+    summary = {k: metrics[k] for k in ("top1_accuracy", "kfold_accuracy", "auc", "eer", "threshold") if k in metrics}
+    print(summary)
+    return 0
+
+
+def _export(args) -> int:
+    from arcface.export import export
+
+    card = export(args.model, args.output_dir, formats=args.formats.split(","), quantize=args.quantize,
+                  metrics_path=args.metrics)
+    print(f"exported {', '.join(card['formats'])} to {args.output_dir}")
+    return 0
+
+
+def _embed(args) -> int:
+    from arcface.embedding import embed_command
+
+    return embed_command(args.model, args.images, args.output, args.format)
+
+
+def _compare(args) -> int:
+    from arcface.embedding import compare_command
+
+    return compare_command(args.model, args.image_a, args.image_b, args.threshold)
+
+
+def _search(args) -> int:
+    from arcface.embedding import search_command
+
+    return search_command(args.model, args.gallery, args.probe, args.top_k)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from arcface import __version__
+    from arcface import config as cfg
+
+    parser = argparse.ArgumentParser(prog="arcface", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"arcface {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an ArcFace model (the original train.py flags)")
+    cfg.add_arguments(p)
+    p.add_argument("--manifest", help="manifest.json from `arcface validate` (default: validate the folders now)")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("validate", help="check a train/validation face folder tree and write a manifest")
+    p.add_argument("--train_data", default="./")
+    p.add_argument("--validation_data", default="./")
+    p.add_argument("--output_dir", required=True, help="where manifest.json, report.json and report.md go")
+    p.add_argument("--n_classes", type=int, default=None)
+    p.add_argument("--min_images", type=int, default=1)
+    p.add_argument("--strict", action="store_true", help="fail on any problem instead of excluding the files")
+    p.set_defaults(run=_validate)
+
+    p = sub.add_parser("evaluate", help="closed-set accuracy and face verification of a trained model")
+    p.add_argument("--model", required=True, help="a training run's save_path")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--pairs", help="LFW-format pairs file (default: pairs generated from validation)")
+    p.add_argument("--pairs_root", help="image root of the pairs file (default: its folder)")
+    p.add_argument("--no_flip", action="store_true", help="no horizontal-flip test-time augmentation")
+    p.add_argument("--on_missing", choices=("error", "skip"), default="error")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("export", help="SavedModel, .keras, TFLite and ONNX, each checked for parity")
+    p.add_argument("--model", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--formats", default="saved_model,keras,tflite,onnx")
+    p.add_argument("--quantize", choices=("none", "float16", "dynamic"), default="none")
+    p.add_argument("--metrics", help="metrics.json of the evaluation step, for the model card")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("embed", help="write the embeddings of face images")
+    p.add_argument("--model", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--format", choices=("npy", "csv", "jsonl"), default=None, help="default: from --output's suffix")
+    p.set_defaults(run=_embed)
+
+    p = sub.add_parser("compare", help="similarity of two faces, and same/different at the evaluated threshold")
+    p.add_argument("--model", required=True)
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--threshold", type=float, default=None)
+    p.set_defaults(run=_compare)
+
+    p = sub.add_parser("search", help="rank gallery identities for a probe face")
+    p.add_argument("--model", required=True)
+    p.add_argument("--gallery", required=True, help="folder of <identity>/ image folders")
+    p.add_argument("probe")
+    p.add_argument("--top_k", type=int, default=5)
+    p.set_defaults(run=_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from arcface.artifacts import ModelLoadError
+    from arcface.config import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, ModelLoadError, ValueError, RuntimeError, FileNotFoundError) as e:
+        # Our errors carry the problem and the fix; a traceback would only bury them.
+        print(f"arcface {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """The original ``train.py`` entry point: the flags of ``arcface train``."""
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Classification heads that sit on the embedding during training (and are dropped for serving)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from arcface.models.margins import margin_logits
+
+
+@keras.saving.register_keras_serializable(package="arcface")
+class MarginHead(keras.layers.Layer):
+    """Normalized class centres with a combined angular margin on the true class.
+
+    logits = s * cos(m1*theta_y + m2) - s*m3 for the label y, s * cos(theta_j) for every other class, where
+    theta_j is the angle between the embedding and the centre of class j.
+
+    Args:
+        n_classes: number of identities.
+        scale: s, the radius of the hypersphere the logits live on (ArcFace uses 64).
+        m1, m2, m3: multiplicative angular, additive angular and additive cosine margins.
+        easy_margin: apply the margin only where cos(theta) > 0 instead of the monotonic fallback.
+        sample_rate: Partial-FC; fraction of class centres a training step looks at (1.0 = all).
+
+    Call arguments:
+        inputs: ``[embeddings, labels]`` (labels may be omitted at inference, which gives s*cos(theta)).
+
+    Example:
+        >>> head = MarginHead(10, scale=64.0, m2=0.5)
+        >>> logits = head([tf.random.normal([4, 512]), tf.constant([0, 1, 2, 3])])
+
+    Reference: Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019.
+    """
+
+    def __init__(self, n_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
+                 easy_margin: bool = False, sample_rate: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_classes = int(n_classes)
+        self.scale = float(scale)
+        self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
+        self.easy_margin = bool(easy_margin)
+        self.sample_rate = float(sample_rate)
+
+    def build(self, input_shape):
+        embedding_shape = input_shape[0] if isinstance(input_shape, list | tuple) and isinstance(
+            input_shape[0], list | tuple) else input_shape
+        # Rows are class centres so that Partial-FC can gather a sample of them without a transpose.
+        self.centers = self.add_weight(name="centers", shape=(self.n_classes, int(embedding_shape[-1])),
+                                       initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                       dtype="float32")
+
+    def cosine(self, embeddings: tf.Tensor, centers: tf.Tensor | None = None) -> tf.Tensor:
+        centers = self.centers if centers is None else centers
+        x = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
+        w = tf.math.l2_normalize(tf.cast(centers, tf.float32), axis=-1)
+        return tf.matmul(x, w, transpose_b=True)
+
+    def logits(self, cos_theta: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        return margin_logits(cos_theta, labels, self.scale, self.m1, self.m2, self.m3, self.easy_margin)
+
+    def sample_centers(self, labels: tf.Tensor, seed: tf.Tensor | None = None):
+        """Partial-FC: every class in the batch plus random other classes, ``sample_rate`` of all in total.
+
+        Returns the sampled class indices and the labels re-numbered into that sample.
+        """
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        num_sample = max(1, int(math.ceil(self.sample_rate * self.n_classes)))
+        positives = tf.unique(labels).y
+        num_sample = tf.maximum(num_sample, tf.size(positives))
+        priority = tf.random.uniform([self.n_classes], seed=None if seed is None else int(seed))
+        # Positives get a priority above any random draw, so top_k always keeps them.
+        priority = tf.tensor_scatter_nd_update(priority, positives[:, None], tf.fill(tf.shape(positives), 2.0))
+        index = tf.math.top_k(priority, k=num_sample, sorted=False).indices
+        position = tf.scatter_nd(index[:, None], tf.range(tf.size(index)), [self.n_classes])
+        return index, tf.gather(position, labels)
+
+    def call(self, inputs):
+        if isinstance(inputs, list | tuple):
+            embeddings, labels = inputs if len(inputs) == 2 else (inputs[0], None)
+        else:
+            embeddings, labels = inputs, None
+        cos_theta = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos_theta
+        return self.logits(cos_theta, labels)
+
+    def compute_output_shape(self, input_shape):
+        embedding_shape = input_shape[0] if isinstance(input_shape[0], list | tuple) else input_shape
+        return (embedding_shape[0], self.n_classes)
+
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes, "scale": self.scale, "m1": self.m1,
+                "m2": self.m2, "m3": self.m3, "easy_margin": self.easy_margin, "sample_rate": self.sample_rate}
+
+
+@keras.saving.register_keras_serializable(package="arcface")
+class SoftmaxHead(keras.layers.Layer):
+    """A plain fully connected softmax classifier (W x + b), the baseline that ArcFace improves on.
+
+    Args:
+        n_classes: number of identities.
+
+    Call arguments:
+        inputs: ``[embeddings, labels]`` or ``embeddings``; the labels are ignored.
+    """
+
+    def __init__(self, n_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_classes = int(n_classes)
+        self.sample_rate = 1.0
+
+    def build(self, input_shape):
+        embedding_shape = input_shape[0] if isinstance(input_shape, list | tuple) and isinstance(
+            input_shape[0], list | tuple) else input_shape
+        self.dense = keras.layers.Dense(self.n_classes, name="classifier")
+        self.dense.build(tuple(embedding_shape))
+
+    def call(self, inputs):
+        embeddings = inputs[0] if isinstance(inputs, list | tuple) else inputs
+        return self.dense(embeddings)
+
+    def compute_output_shape(self, input_shape):
+        embedding_shape = input_shape[0] if isinstance(input_shape[0], list | tuple) else input_shape
+        return (embedding_shape[0], self.n_classes)
+
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes}

@@ -1,0 +1,470 @@
+"""The training step: ArcFace on a validated manifest, with checkpoints that survive a kill.
+
+The loop is written out (rather than ``Model.fit``) because four things need the step itself: Partial-FC's
+sparse update of the sampled class centres, checkpoints at any step that resume at that step, the NaN guard
+that keeps the last good checkpoint, and a wall-clock budget that stops between two steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from arcface import __version__, artifacts
+from arcface.config import TrainConfig
+from arcface.models import MarginHead, build_models
+
+log = logging.getLogger("arcface.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    save_path: str
+    epochs_completed: int
+    steps: int
+    stopped: str  # "completed", "budget" or "nothing-to-do"
+    history: list[dict[str, float]]
+    best_val_accuracy: float | None
+    manifest_sha256: str
+    images_per_second: float
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------------------
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to the peak rate, then cosine, step (x0.1 at 50/75/90 %), polynomial or constant decay."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine"):
+        self.peak, self.total_steps, self.warmup_steps, self.kind = float(peak), int(total_steps), int(
+            warmup_steps), kind
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        if self.kind == "cosine":
+            decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "poly":
+            decayed = (1.0 - progress) ** 2
+        elif self.kind == "step":
+            decayed = 0.1 ** (tf.cast(progress >= 0.5, tf.float32) + tf.cast(progress >= 0.75, tf.float32)
+                              + tf.cast(progress >= 0.9, tf.float32))
+        else:
+            decayed = tf.constant(1.0)
+        warmup = (step + 1.0) / warm if self.warmup_steps > 0 else tf.constant(1.0)
+        return self.peak * tf.where(step < self.warmup_steps, warmup, decayed)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "kind": self.kind}
+
+
+def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    schedule = WarmupSchedule(config.lr, total_steps, int(round(config.warmup_epochs * steps_per_epoch)),
+                              config.schedule)
+    clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
+    if config.optimizer == "SGD":
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, **clip)
+    else:
+        optimizer = keras.optimizers.Adam(schedule, **clip)
+    if config.mixed_precision:
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def decayed_variables(model: keras.Model) -> list[tf.Variable]:
+    """Every trainable kernel (conv, depthwise, dense, class centres); biases, BN and PReLU are left alone."""
+    names = ("kernel", "centers")
+    return [v for v in model.trainable_variables if any(n in v.path.rsplit("/", 1)[-1] for n in names)]
+
+
+def weight_decay_loss(variables, decay: float) -> tf.Tensor:
+    """decay/2 * sum ||W||^2: its gradient is decay*W, the coupled weight decay of SGD in the paper."""
+    if decay == 0 or not variables:
+        return tf.constant(0.0)
+    return 0.5 * decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+
+
+def pick_strategy() -> tf.distribute.Strategy:
+    """Several pods (TF_CONFIG set, e.g. by Kubeflow's training operator), several GPUs, or this device."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def find_param_file(folder: str) -> str:
+    """The weights the original --use_param_folder pointed at: a .keras model or .h5 weights."""
+    if os.path.isfile(folder):
+        return folder
+    if not os.path.isdir(folder):
+        raise TrainingError(f"--use_param_folder={folder!r} does not exist; point it at a folder holding "
+                            "the .keras or .h5 file of an earlier run (its --save_path)")
+    for pattern in (artifacts.TRAINING_MODEL_FILE, "*.weights.h5", "*.keras", "*.h5"):
+        found = sorted(glob.glob(os.path.join(folder, pattern)))
+        if found:
+            return found[0]
+    raise TrainingError(f"--use_param_folder={folder!r} holds no .keras or .h5 file to start from")
+
+
+def load_initial_weights(training_model: keras.Model, backbone: keras.Model, head, source: str) -> str:
+    """Load weights from a .keras or .h5 file; when the head's shape differs, keep only the backbone."""
+    path = find_param_file(source)
+    if path.endswith(".keras"):
+        other = artifacts.load_keras(path)
+        other_backbones = [layer for layer in other.layers if isinstance(layer, keras.Model)]
+        src_backbone = other_backbones[0] if other_backbones else other
+        try:
+            backbone.set_weights(src_backbone.get_weights())
+        except ValueError as e:
+            raise TrainingError(f"{path} holds a different backbone than --backbone: {e}") from None
+        try:
+            head.set_weights(other.get_layer("head").get_weights())
+            return f"loaded backbone and head from {path}"
+        except (ValueError, KeyError):
+            return (f"loaded the backbone from {path}; its classification head has another shape "
+                    f"(another n_classes), so the head was re-initialized")
+    before = [w.numpy().copy() for w in head.weights]
+    try:
+        training_model.load_weights(path, skip_mismatch=True)
+    except Exception as e:  # noqa: BLE001 - h5 readers raise many kinds; all mean "not these weights"
+        raise TrainingError(f"cannot load weights from {path}: {e}") from None
+    head_unchanged = all(np.array_equal(b, w.numpy()) for b, w in zip(before, head.weights, strict=True))
+    if head_unchanged:
+        return f"loaded the backbone from {path}; the head's shape differs (another n_classes), so it was re-initialized"
+    return f"loaded backbone and head from {path}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------------------
+ARCHITECTURE_FIELDS = ("backbone", "n_classes", "image_size", "embedding_size", "margin", "optimizer")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, manifest, *, verbose: int = 1):
+        from arcface import data
+
+        self.config = config.validate()
+        self.manifest = manifest
+        self.verbose = verbose
+        self.save_path = os.path.abspath(config.save_path)
+        self.n_train = len(manifest.split("train"))
+        self.class_names = list(manifest.class_names)
+        if len(self.class_names) != config.n_classes:
+            raise TrainingError(
+                f"--n_classes={config.n_classes} but the training data holds {len(self.class_names)} identities; "
+                f"pass --n_classes={len(self.class_names)} or add/remove identity folders")
+        self.strategy = pick_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        if config.sample_rate < 1 and self.replicas > 1:
+            raise TrainingError("--sample_rate < 1 (Partial-FC) runs on one device here; use --sample_rate=1.0 "
+                                f"with {self.replicas} replicas, or run on one GPU")
+        if config.batch_size % self.replicas:
+            raise TrainingError(f"--batch_size={config.batch_size} must be a multiple of the {self.replicas} "
+                                "replicas so that every device gets the same share")
+        if self.n_train < 1:
+            raise TrainingError("the manifest holds no training images")
+        self.drop_remainder = self.n_train >= config.batch_size
+        self.steps_per_epoch = max(1, self.n_train // config.batch_size if self.drop_remainder else 1)
+        if config.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self._data = data
+
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            self.training_model, self.embedding_model = build_models(config)
+            self.backbone = self.training_model.get_layer(config.backbone)
+            self.head = self.training_model.get_layer("head")
+            self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch)
+            self.partial_fc = isinstance(self.head, MarginHead) and config.sample_rate < 1
+            self.dense_variables = [v for v in self.training_model.trainable_variables
+                                    if not (self.partial_fc and v is self.head.centers)]
+            self.optimizer.build(self.dense_variables)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.decayed = [v for v in decayed_variables(self.training_model)
+                        if not (self.partial_fc and v is self.head.centers)]
+        self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
+                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(self.save_path, artifacts.CHECKPOINT_DIR), max_to_keep=2)
+        self._train_step = self._make_train_step()
+
+    # -- the step ------------------------------------------------------------------------------------------
+    def _make_train_step(self):
+        config, head = self.config, self.head
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none") if not config.label_smoothing else None
+        global_batch = config.batch_size
+
+        def cross_entropy(labels, logits):
+            if config.label_smoothing:
+                n = tf.shape(logits)[-1]
+                target = tf.one_hot(labels, n) * (1 - config.label_smoothing) + config.label_smoothing / tf.cast(
+                    n, tf.float32)
+                return tf.nn.softmax_cross_entropy_with_logits(target, logits)
+            return loss_fn(labels, logits)
+
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                features = self.backbone(images, training=True)
+                if self.partial_fc:
+                    index, sampled_labels = head.sample_centers(labels)
+                    centers = tf.gather(head.centers, index)
+                    logits = head.logits(head.cosine(features, centers), sampled_labels)
+                    correct = tf.equal(tf.gather(index, tf.argmax(logits, -1, output_type=tf.int32)), labels)
+                    decay = weight_decay_loss(self.decayed, config.decay) + 0.5 * config.decay * tf.reduce_sum(
+                        tf.square(centers))
+                    per_example = cross_entropy(sampled_labels, logits)
+                else:
+                    logits = tf.cast(head([features, labels], training=True), tf.float32)
+                    correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+                    decay = weight_decay_loss(self.decayed, config.decay)
+                    per_example = cross_entropy(labels, logits)
+                ce = tf.reduce_sum(per_example) / global_batch
+                loss = ce + decay / self.replicas
+                scaled = self.optimizer.scale_loss(loss) if config.mixed_precision else loss
+            variables = self.dense_variables + ([head.centers] if self.partial_fc else [])
+            grads = tape.gradient(scaled, variables)
+            if self.partial_fc:
+                center_grad = grads.pop()
+                # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
+                # would cost as much as the full softmax that Partial-FC exists to avoid.
+                lr = tf.cast(self.optimizer.learning_rate, tf.float32)
+                head.centers.scatter_sub(tf.IndexedSlices(lr * center_grad.values, center_grad.indices))
+            self.optimizer.apply(grads, self.dense_variables)
+            return ce, decay, tf.reduce_sum(tf.cast(correct, tf.float32))
+
+        def step(images, labels):
+            ce, decay, correct = self.strategy.run(replica_step, args=(images, labels))
+            reduce = tf.distribute.ReduceOp.SUM
+            return (self.strategy.reduce(reduce, ce, axis=None),
+                    self.strategy.reduce(tf.distribute.ReduceOp.MEAN, decay, axis=None),
+                    self.strategy.reduce(reduce, correct, axis=None))
+
+        return tf.function(step, jit_compile=config.jit_compile or None, reduce_retracing=True)
+
+    # -- evaluation during training ------------------------------------------------------------------------
+    def validation_accuracy(self) -> float | None:
+        rows = self.manifest.split("validation")
+        known = [r for r in rows if r.identity in set(self.class_names)]
+        if not known:
+            return None
+        dataset = self._data.make_dataset(self.manifest, "validation", image_size=self.config.image_size,
+                                          batch_size=max(self.config.batch_size, 32), training=False,
+                                          center_crop=self.config.center_crop)
+        correct = total = 0
+        for images, labels in dataset:
+            features = self.backbone(images, training=False)
+            logits = self.head(features) if isinstance(self.head, MarginHead) else self.head([features, labels])
+            correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels, tf.int32)))
+            total += int(labels.shape[0])
+        return correct / total if total else None
+
+    # -- saving --------------------------------------------------------------------------------------------
+    def metadata(self, **extra) -> dict[str, Any]:
+        return {
+            "package_version": __version__, "framework": f"tensorflow {tf.__version__} / keras {keras.__version__}",
+            "class_names": self.class_names, "manifest_sha256": self.manifest.sha256,
+            "image_size": self.config.image_size, "embedding_size": self.config.embedding_size,
+            "normalization": artifacts.NORMALIZATION, "center_crop": self.config.center_crop,
+            "backbone": self.config.backbone, "margin": self.config.margin,
+            "replicas": self.replicas, "global_batch_size": self.config.batch_size, **extra}
+
+    def save_models(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        artifacts.save_keras(self.training_model, os.path.join(folder, artifacts.TRAINING_MODEL_FILE))
+        artifacts.save_keras(self.embedding_model, os.path.join(folder, artifacts.EMBEDDING_MODEL_FILE))
+
+    def save_weights_h5(self) -> None:
+        """The original tool left .h5 weights in save_path; --use_param_folder reads them back."""
+        path = os.path.join(self.save_path, "training_model.weights.h5")
+        tmp = os.path.join(self.save_path, f"training_model.tmp-{os.getpid()}.weights.h5")
+        self.training_model.save_weights(tmp)
+        os.replace(tmp, path)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def restore_or_start(self) -> str:
+        config = self.config
+        latest = self.manager.latest_checkpoint
+        saved_config = os.path.join(self.save_path, artifacts.CONFIG_FILE)
+        if latest and not config.resume:
+            raise TrainingError(
+                f"{self.save_path} already holds a checkpoint ({os.path.basename(latest)}); pass --resume to "
+                "continue it, or choose an empty --save_path (nothing is overwritten)")
+        if latest:
+            if os.path.exists(saved_config):
+                from arcface.config import load_yaml
+
+                previous = load_yaml(saved_config)
+                changed = [f for f in ARCHITECTURE_FIELDS if getattr(previous, f) != getattr(config, f)]
+                if changed:
+                    raise TrainingError(
+                        f"the checkpoint in {self.save_path} was trained with another "
+                        + ", ".join(f"{f} ({getattr(previous, f)!r}, now {getattr(config, f)!r})" for f in changed)
+                        + "; use a new --save_path, or the same values to resume")
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            return (f"resuming from {os.path.basename(latest)} at epoch {int(self.epoch.numpy()) + 1}, "
+                    f"step {int(self.step_in_epoch.numpy())}")
+        if config.use_param_folder:
+            return load_initial_weights(self.training_model, self.backbone, self.head, config.use_param_folder)
+        return "starting from scratch"
+
+    def fit(self) -> TrainResult:
+        config = self.config
+        os.makedirs(os.path.join(self.save_path, artifacts.LOG_DIR), exist_ok=True)
+        message = self.restore_or_start()
+        config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
+        say = print if self.verbose else log.info
+        say(f"arcface {__version__}: {config.backbone} + {config.margin} head (s={config.enhance}, "
+            f"m={config.margins}), {len(self.class_names)} identities, {self.n_train} training images")
+        say(f"replicas: {self.replicas}, global batch size: {config.batch_size} "
+            f"({config.batch_size // self.replicas} per replica), {self.steps_per_epoch} steps per epoch; {message}")
+
+        history = self._read_history()
+        best = max((h["val_accuracy"] for h in history if h.get("val_accuracy") is not None), default=None)
+        start = time.monotonic()
+        budget = config.max_minutes * 60 if config.max_minutes > 0 else math.inf
+        stopped = "completed"
+        images_seen, busy = 0, 0.0
+        while int(self.epoch.numpy()) < config.epochs:
+            epoch = int(self.epoch.numpy())
+            skip = int(self.step_in_epoch.numpy())
+            dataset = self._data.make_dataset(
+                self.manifest, "train", image_size=config.image_size, batch_size=config.batch_size,
+                training=True, seed=config.seed + epoch, center_crop=config.center_crop, augment=config.augment,
+                cache=config.cache, drop_remainder=self.drop_remainder).take(self.steps_per_epoch).skip(skip)
+            dataset = self.strategy.experimental_distribute_dataset(dataset)
+            bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"],
+                                      verbose=1 if self.verbose else 0)
+            sums = {"ce": 0.0, "decay": 0.0, "correct": 0.0, "n": 0}
+            epoch_start = time.monotonic()
+            for step, (images, labels) in enumerate(dataset, start=skip):
+                t0 = time.monotonic()
+                ce, decay, correct = self._train_step(images, labels)
+                ce, decay = float(ce), float(decay)
+                busy += time.monotonic() - t0
+                if not (math.isfinite(ce) and math.isfinite(decay)):
+                    last = self.manager.latest_checkpoint
+                    raise TrainingError(
+                        f"the loss became {'NaN' if math.isnan(ce) else 'infinite'} at epoch {epoch + 1}, step "
+                        f"{step + 1}; training stopped and the last good checkpoint "
+                        f"({os.path.basename(last) if last else 'none yet'}) is kept. Lower --lr (now {config.lr}), "
+                        "set --clipnorm (e.g. 5), or check the data for broken images")
+                n = config.batch_size
+                images_seen += n
+                sums["ce"] += ce
+                sums["decay"] += decay
+                sums["correct"] += float(correct)
+                sums["n"] += n
+                self.step_in_epoch.assign(step + 1)
+                rate = images_seen / busy if busy else 0.0
+                bar.update(step + 1, [("loss", sums["ce"] / max(1, step + 1 - skip) + decay),
+                                      ("accuracy", sums["correct"] / sums["n"]), ("img/s", rate)])
+                if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 \
+                        and step + 1 < self.steps_per_epoch:
+                    self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step + 1)
+                if time.monotonic() - start > budget:
+                    stopped = "budget"
+                    break
+            if stopped == "budget" and int(self.step_in_epoch.numpy()) < self.steps_per_epoch:
+                self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + int(self.step_in_epoch.numpy()))
+                say(f"time budget of {config.max_minutes} min reached during epoch {epoch + 1}; saved a checkpoint "
+                    f"at step {int(self.step_in_epoch.numpy())} to resume from")
+                break
+            val = self.validation_accuracy()
+            steps_done = max(1, self.steps_per_epoch - skip)
+            record = {"epoch": epoch + 1, "loss": sums["ce"] / steps_done + sums["decay"] / steps_done,
+                      "cross_entropy": sums["ce"] / steps_done, "accuracy": sums["correct"] / max(1, sums["n"]),
+                      "val_accuracy": val, "lr": float(self.optimizer.learning_rate),
+                      "images_per_second": sums["n"] / max(time.monotonic() - epoch_start, 1e-9)}
+            history.append(record)
+            self._log_epoch(record)
+            say(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
+                f"val_accuracy {'n/a' if val is None else f'{val:.3f}'}, {record['images_per_second']:.1f} img/s")
+            self.epoch.assign(epoch + 1)
+            self.step_in_epoch.assign(0)
+            if val is not None and (best is None or val > best):
+                best = val
+                self.save_models(os.path.join(self.save_path, artifacts.BEST_DIR))
+                artifacts.write_json(os.path.join(self.save_path, artifacts.BEST_DIR, artifacts.METADATA_FILE),
+                                     self.metadata(epoch=epoch + 1, val_accuracy=val))
+            self.manager.save(checkpoint_number=(epoch + 1) * self.steps_per_epoch)
+            if time.monotonic() - start > budget and int(self.epoch.numpy()) < config.epochs:
+                stopped = "budget"
+                say(f"time budget of {config.max_minutes} min reached after epoch {epoch + 1}; stopping cleanly")
+                break
+
+        if not history and int(self.epoch.numpy()) >= config.epochs:
+            stopped = "nothing-to-do"
+        epochs_completed = int(self.epoch.numpy())
+        self.save_models(self.save_path)
+        self.save_weights_h5()
+        artifacts.write_json(os.path.join(self.save_path, artifacts.METADATA_FILE), self.metadata(
+            epochs_completed=epochs_completed, steps=int(self.optimizer.iterations.numpy()), stopped=stopped,
+            best_val_accuracy=best, history=history))
+        say(f"saved the models to {self.save_path} ({epochs_completed}/{config.epochs} epochs, {stopped})")
+        return TrainResult(self.save_path, epochs_completed, int(self.optimizer.iterations.numpy()), stopped,
+                           history, best, self.manifest.sha256, images_seen / busy if busy else 0.0)
+
+    def _read_history(self) -> list[dict[str, float]]:
+        path = os.path.join(self.save_path, artifacts.METADATA_FILE)
+        if self.manager.latest_checkpoint and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                history = json.load(f).get("history", [])
+            return [h for h in history if h["epoch"] <= int(self.epoch.numpy())]
+        return []
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        logs = os.path.join(self.save_path, artifacts.LOG_DIR)
+        csv_path = os.path.join(logs, "training.csv")
+        new = not os.path.exists(csv_path)
+        with open(csv_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(record))
+            if new:
+                writer.writeheader()
+            writer.writerow(record)
+        writer = tf.summary.create_file_writer(logs)
+        with writer.as_default():
+            for key, value in record.items():
+                if key != "epoch" and value is not None:
+                    tf.summary.scalar(key, value, step=record["epoch"])
+        writer.close()
+
+
+def train(config: TrainConfig, manifest=None, *, verbose: int = 1) -> TrainResult:
+    """Train from a config; without a manifest the data folders are validated first (as the original did)."""
+    from arcface import data
+
+    config = config.validate()
+    if manifest is None:
+        train_root, validation_root = data.resolve_roots(config.train_data, config.validation_data)
+        result = data.run_validation(train_root, validation_root,
+                                     os.path.join(os.path.abspath(config.save_path), "data"),
+                                     n_classes=config.n_classes, min_images=config.min_images, strict=config.strict)
+        manifest = result.manifest
+    elif isinstance(manifest, str | os.PathLike):
+        manifest = data.Manifest.read(manifest)
+    return Trainer(config, manifest, verbose=verbose).fit()
