@@ -32,12 +32,14 @@ def _validate(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from arcface.evaluation import evaluate
+    import json
+
+    from arcface.evaluation.evaluate import evaluate
 
     metrics = evaluate(args.model, args.manifest, output_dir=args.output_dir, pairs_file=args.pairs,
                        pairs_root=args.pairs_root, flip_tta=not args.no_flip, on_missing=args.on_missing)
-    summary = {k: metrics[k] for k in ("top1_accuracy", "kfold_accuracy", "auc", "eer", "threshold") if k in metrics}
-    print(summary)
+    print(json.dumps(metrics["summary"], indent=2))
+    print(f"metrics.json and report.html written to {args.output_dir}")
     return 0
 
 

@@ -232,7 +232,7 @@ class Trainer:
                 features = self.backbone(images, training=True)
                 if self.partial_fc:
                     index, sampled_labels = head.sample_centers(labels)
-                    centers = tf.gather(head.centers, index)
+                    centers = tf.gather(head.centers.value, index)  # a sparse read, not all rows
                     logits = head.logits(head.cosine(features, centers), sampled_labels)
                     correct = tf.equal(tf.gather(index, tf.argmax(logits, -1, output_type=tf.int32)), labels)
                     decay = weight_decay_loss(self.decayed, config.decay) + 0.5 * config.decay * tf.reduce_sum(
@@ -246,14 +246,14 @@ class Trainer:
                 ce = tf.reduce_sum(per_example) / global_batch
                 loss = ce + decay / self.replicas
                 scaled = self.optimizer.scale_loss(loss) if config.mixed_precision else loss
-            variables = self.dense_variables + ([head.centers] if self.partial_fc else [])
+            variables = self.dense_variables + ([head.centers.value] if self.partial_fc else [])
             grads = tape.gradient(scaled, variables)
             if self.partial_fc:
                 center_grad = grads.pop()
                 # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
                 # would cost as much as the full softmax that Partial-FC exists to avoid.
                 lr = tf.cast(self.optimizer.learning_rate, tf.float32)
-                head.centers.scatter_sub(tf.IndexedSlices(lr * center_grad.values, center_grad.indices))
+                head.centers.value.scatter_sub(tf.IndexedSlices(lr * center_grad.values, center_grad.indices))
             self.optimizer.apply(grads, self.dense_variables)
             return ce, decay, tf.reduce_sum(tf.cast(correct, tf.float32))
 
@@ -446,11 +446,17 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow(record)
+        # The TensorBoard package is not a TensorFlow dependency any more; the core op writes the same
+        # events, tagged for the scalars plugin, so `tensorboard --logdir` draws them.
+        from tensorflow.core.framework import summary_pb2
+
+        scalar = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
         writer = tf.summary.create_file_writer(logs)
         with writer.as_default():
             for key, value in record.items():
                 if key != "epoch" and value is not None:
-                    tf.summary.scalar(key, value, step=record["epoch"])
+                    tf.summary.write(key, tf.constant(float(value)), step=record["epoch"], metadata=scalar)
         writer.close()
 
 

@@ -29,22 +29,24 @@ def test_margin_head_matches_numpy():
 
 
 def test_partial_fc_keeps_positives_and_renumbers_labels():
-    head = MarginHead(1000, sample_rate=0.1)
+    head = MarginHead(100_000, sample_rate=0.1)
     head.build([(None, 8), (None,)])
-    labels = tf.constant([3, 999, 3, 512, 0])
+    labels = tf.constant([3, 99_999, 3, 512, 0])
     index, remapped = head.sample_centers(labels)
     index, remapped = index.numpy(), remapped.numpy()
-    assert len(index) == 100 and len(set(index)) == 100
-    assert {3, 999, 512, 0} <= set(index)
+    assert len(set(index)) == len(index), "each sampled class appears once"
+    # 10,000 draws with replacement from 100,000 classes collide about 500 times.
+    assert 9_000 < len(index) <= 10_000 + 4
+    assert {3, 99_999, 512, 0} <= set(index)
     np.testing.assert_array_equal(index[remapped], labels.numpy())
 
 
-def test_partial_fc_sample_grows_to_hold_every_positive():
+def test_partial_fc_sample_always_holds_every_positive():
     head = MarginHead(50, sample_rate=0.02)
     head.build([(None, 8), (None,)])
     labels = tf.range(20)
     index, remapped = head.sample_centers(labels)
-    assert len(index.numpy()) == 20
+    assert len(index.numpy()) <= 21
     np.testing.assert_array_equal(index.numpy()[remapped.numpy()], np.arange(20))
 
 

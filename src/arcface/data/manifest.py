@@ -101,8 +101,8 @@ class Manifest:
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             # One row per line: readable, and a diff of two manifests shows the files that changed.
-            f.write('{"version": %d,\n "roots": %s,\n "class_names": %s,\n "rows": [\n'
-                    % (self.version, json.dumps(self.roots, sort_keys=True), json.dumps(self.class_names)))
+            f.write(f'{{"version": {self.version},\n "roots": {json.dumps(self.roots, sort_keys=True)},\n '
+                    f'"class_names": {json.dumps(self.class_names)},\n "rows": [\n')
             f.write(",\n".join("  " + json.dumps(r.to_dict(), ensure_ascii=False) for r in self.rows))
             f.write("\n ]}\n")
         os.replace(tmp, path)

@@ -234,6 +234,9 @@ def lfw_kfold_accuracy(scores, is_same, n_folds: int = 10, folds=None) -> KFoldR
     folds = lfw_folds(is_same, n_folds) if folds is None else np.asarray(folds).reshape(-1)
     if folds.shape != scores.shape:
         raise ValueError(f"folds ({folds.size}) must give one fold index per pair ({scores.size})")
+    if folds.size and (folds.min() < 0 or folds.max() >= n_folds):
+        raise ValueError(f"folds must hold fold indices in [0, {n_folds}), got {folds.min()}..{folds.max()}; "
+                         "pass n_folds to match them")
     accuracies, thresholds = [], []
     for k in range(n_folds):
         test = folds == k

@@ -1,0 +1,52 @@
+"""Dataset validation (the pipeline's first step) and the tf.data input pipeline.
+
+``validate_dataset``/``run_validation`` and the manifest need only Pillow; the TF parts (``make_dataset``,
+``decode_image``, ``preprocess``) import TensorFlow on first use, so the validation step starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from arcface.data.manifest import DataError, Manifest, ManifestRow
+from arcface.data.validate import (
+    CODES,
+    Finding,
+    ValidationResult,
+    render_markdown,
+    resolve_roots,
+    run_validation,
+    validate_dataset,
+    write_outputs,
+)
+
+if TYPE_CHECKING:
+    from arcface.data import preprocess
+    from arcface.data.input import make_dataset
+    from arcface.data.preprocess import apply_orientation, crop_and_resize, decode_image, normalize
+
+_LAZY = {
+    "make_dataset": "arcface.data.input",
+    "augment_image": "arcface.data.input",
+    "decode_image": "arcface.data.preprocess",
+    "normalize": "arcface.data.preprocess",
+    "crop_and_resize": "arcface.data.preprocess",
+    "apply_orientation": "arcface.data.preprocess",
+}
+
+__all__ = [
+    "CODES", "DataError", "Finding", "Manifest", "ManifestRow", "ValidationResult", "apply_orientation",
+    "augment_image", "crop_and_resize", "decode_image", "make_dataset", "normalize", "preprocess",
+    "render_markdown",
+    "resolve_roots", "run_validation", "validate_dataset", "write_outputs",
+]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "preprocess":  # the module (decode_image, preprocess, ...), imported on first use
+        return importlib.import_module("arcface.data.preprocess")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'arcface.data' has no attribute {name!r}")

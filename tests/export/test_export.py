@@ -1,0 +1,170 @@
+"""Export: every format is written, reloaded in its own runtime, and matches the Keras model on real faces."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arcface import artifacts
+from arcface import export as export_mod
+from arcface.config import TrainConfig
+from arcface.export import ExportError, export, kfp_model_metadata
+
+IMAGE_SIZE = 64
+CENTER_CROP = 0.9
+METRICS = {"summary": {"verification_accuracy": 0.91, "auc": 0.95, "threshold": 0.42},
+           "model": {"flip_tta": True}}
+
+
+def make_model_dir(path: Path) -> Path:
+    """A model folder laid out as training writes it, with a tiny untrained model."""
+    from arcface.models import build_models
+
+    config = TrainConfig(backbone="TinyFaceNet", image_size=IMAGE_SIZE, embedding_size=32, n_classes=4,
+                         center_crop=CENTER_CROP)
+    training_model, embedding_model = build_models(config)
+    path.mkdir(parents=True, exist_ok=True)
+    artifacts.save_keras(training_model, path / artifacts.TRAINING_MODEL_FILE)
+    artifacts.save_keras(embedding_model, path / artifacts.EMBEDDING_MODEL_FILE)
+    config.save(path / artifacts.CONFIG_FILE)
+    artifacts.write_json(path / artifacts.METADATA_FILE, {
+        "class_names": ["a", "b", "c", "d"], "manifest_sha256": "x", "image_size": IMAGE_SIZE,
+        "embedding_size": 32, "center_crop": CENTER_CROP, "normalization": artifacts.NORMALIZATION})
+    return path
+
+
+def sample_images(sample_dir: Path) -> list[str]:
+    return sorted(str(p) for p in (sample_dir / "validation").rglob("*.pgm"))
+
+
+def reference(model_dir: Path, paths: list[str]) -> np.ndarray:
+    """decode + preprocess (the training pipeline's functions) + the Keras model."""
+    from arcface.embedding import load_image
+
+    model = artifacts.load_keras(model_dir / artifacts.EMBEDDING_MODEL_FILE)
+    batch = np.stack([load_image(p, IMAGE_SIZE, CENTER_CROP) for p in paths])
+    return np.asarray(model(batch, training=False)), batch
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def exported(model_dir, sample_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("exported")
+    metrics = out.parent / "metrics.json"
+    metrics.write_text(json.dumps(METRICS))
+    card = export(model_dir, out, quantize="float16", metrics_path=str(metrics),
+                  check_images=sample_images(sample_dir))
+    return out, card
+
+
+# ---------------------------------------------------------------------------------------------------
+def test_every_format_is_written_with_a_model_card(exported):
+    out, card = exported
+    assert card["formats"] == ["saved_model", "keras", "tflite", "tflite_float16", "onnx"]
+    for name in ("saved_model/saved_model.pb", "model.keras", "model.tflite", "model_float16.tflite",
+                 "model.onnx", "model_card.json", "model_card.md"):
+        assert (out / name).exists(), name
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp")], "the staging folder was left behind"
+    assert json.loads((out / "model_card.json").read_text())["formats"] == card["formats"]
+    assert card["files"]["keras"]["sha256"] == export_mod._sha256_file(str(out / "model.keras"))
+    assert card["files"]["onnx"]["bytes"] == (out / "model.onnx").stat().st_size
+    assert card["source"]["manifest_sha256"] == "x"
+    assert card["embedding_size"] == 32 and card["input"]["image_size"] == IMAGE_SIZE
+    assert card["input"]["center_crop"] == CENTER_CROP
+    assert card["threshold"] == 0.42 and card["evaluation"]["auc"] == 0.95
+    assert card["onnx_opset"] == export_mod.ONNX_OPSET
+    assert card["check_images"]["source"] == "given" and card["check_images"]["count"] == 30
+    assert "tf2onnx" in card["framework_versions"]
+    assert "threshold: 0.42" in (out / "model_card.md").read_text()
+
+
+def test_parity_figures_are_within_limits(exported):
+    _, card = exported
+    for name in ("saved_model", "saved_model_bytes", "keras", "tflite", "onnx"):
+        assert card["parity"][name]["max_abs_diff"] <= 1e-4, name
+    assert card["parity"]["tflite_float16"]["min_cosine"] >= 0.999
+
+
+def test_kfp_model_metadata(exported):
+    _, card = exported
+    meta = kfp_model_metadata(card)
+    assert meta["formats"] == card["formats"] and meta["embedding_size"] == 32 and meta["input_size"] == 64
+    assert meta["normalization"]["mean"] == 127.5 and meta["framework"].startswith("tensorflow ")
+    json.dumps(meta)  # KFP metadata must be JSON
+
+
+@pytest.mark.shared
+def test_every_runtime_matches_keras_on_orl_and_lfw_faces(exported, model_dir, shared_faces):
+    """PGM (ORL) and JPEG (LFW) through each runtime, against decode + preprocess + Keras."""
+    out, _ = exported
+    paths = sorted(str(p) for p in (shared_faces / "orl_faces").rglob("*.pgm"))[:4]
+    paths += sorted(str(p) for p in (shared_faces / "lfw_deepfunneled").rglob("*.jpg"))[:4]
+    assert len(paths) == 8
+    expected, batch = reference(model_dir, paths)
+    encoded = [Path(p).read_bytes() for p in paths]
+    got = {
+        "saved_model bytes": export_mod._run_saved_model_bytes(str(out / "saved_model"), encoded),
+        "saved_model tensor": export_mod._run_saved_model_tensor(str(out / "saved_model"), batch),
+        "keras": export_mod._run_keras(str(out / "model.keras"), batch),
+        "tflite": export_mod._run_tflite(str(out / "model.tflite"), batch),
+        "onnx": export_mod._run_onnx(str(out / "model.onnx"), batch),
+    }
+    for name, embeddings in got.items():
+        assert np.abs(embeddings - expected).max() <= 1e-4, name
+        assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4), name
+    quantized = export_mod._run_tflite(str(out / "model_float16.tflite"), batch)
+    assert export_mod._cosines(quantized, expected).min() >= 0.999
+
+
+def test_a_broken_export_fails_and_publishes_nothing(model_dir, sample_dir, tmp_path, monkeypatch):
+    real = export_mod._run_tflite
+    monkeypatch.setattr(export_mod, "_run_tflite", lambda path, batch: real(path, batch) + 0.01)
+    (tmp_path / "previous.txt").write_text("an earlier export stays as it was")
+    with pytest.raises(ExportError, match=r"tflite: largest \|difference\| .* > 0\.0001"):
+        export(model_dir, tmp_path, formats=["tflite"], check_images=sample_images(sample_dir)[:4])
+    assert sorted(os.listdir(tmp_path)) == ["previous.txt"]
+
+
+def test_without_images_the_check_is_synthetic_and_says_so(model_dir, tmp_path):
+    card = export(model_dir, tmp_path, formats=["keras"])
+    assert card["check_images"]["source"] == "synthetic" and "synthetic" in card["check_images"]["note"]
+    assert card["formats"] == ["keras"] and card["threshold"] is None
+    again = export(model_dir, tmp_path, formats=["keras"])  # re-exporting into the same folder replaces it
+    assert again["files"]["keras"]["sha256"] == export_mod._sha256_file(str(tmp_path / "model.keras"))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"formats": ["pb"]}, "unknown or no export format"),
+    ({"formats": ["keras"], "quantize": "float16"}, "applies to TFLite only"),
+    ({"formats": ["keras"], "quantize": "int4"}, "quantize='int4' is unknown"),
+])
+def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path):
+    with pytest.raises(ExportError, match=message):
+        export(tmp_path / "no-model", tmp_path / "out", **kwargs)
+
+
+def test_missing_onnx_packages_name_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # makes `import tf2onnx` raise ImportError
+    with pytest.raises(ExportError, match=r'pip install "arcface-kfp\[export\]"'):
+        export(tmp_path / "no-model", tmp_path / "out", formats=["onnx"])
+
+
+def test_a_model_that_carries_code_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    model.save(folder / artifacts.EMBEDDING_MODEL_FILE)
+    with pytest.raises(artifacts.ModelLoadError, match="refusing to load"):
+        export(folder, tmp_path / "out", formats=["keras"])

@@ -1,0 +1,175 @@
+"""Training on tiny real data: it learns, it resumes, it guards against NaN, it loads earlier weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from arcface import artifacts
+from arcface.train import Trainer, TrainingError, train, weight_decay_loss
+from tests.train.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_loss_falls_and_validation_beats_chance(tiny_manifest, tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=12, lr=0.1)
+    result = train(config, tiny_manifest, verbose=0)
+    losses = [h["loss"] for h in result.history]
+    assert result.epochs_completed == 12 and result.stopped == "completed"
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.best_val_accuracy > 0.5, "chance is 0.25 with four identities"
+    for name in (artifacts.TRAINING_MODEL_FILE, artifacts.EMBEDDING_MODEL_FILE, artifacts.CONFIG_FILE,
+                 artifacts.METADATA_FILE, "training_model.weights.h5", "logs/training.csv"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert (tmp_path / "run" / "best" / artifacts.EMBEDDING_MODEL_FILE).exists()
+    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents*")), "TensorBoard events are written"
+    metadata = json.loads((tmp_path / "run" / artifacts.METADATA_FILE).read_text())
+    assert metadata["manifest_sha256"] == tiny_manifest.sha256
+    assert metadata["class_names"] == ["s1", "s2", "s3", "s4"]
+
+
+def test_same_seed_same_first_epoch_loss(tiny_manifest, tmp_path):
+    a = train(tiny_config(tmp_path / "a", epochs=1), tiny_manifest, verbose=0)
+    b = train(tiny_config(tmp_path / "b", epochs=1), tiny_manifest, verbose=0)
+    c = train(tiny_config(tmp_path / "c", epochs=1, seed=8), tiny_manifest, verbose=0)
+    assert a.history[0]["loss"] == pytest.approx(b.history[0]["loss"], rel=1e-6)
+    assert a.history[0]["loss"] != pytest.approx(c.history[0]["loss"], rel=1e-6)
+
+
+def test_resume_continues_the_epoch_count(tiny_manifest, tmp_path):
+    first = train(tiny_config(tmp_path / "run", epochs=2), tiny_manifest, verbose=0)
+    assert first.epochs_completed == 2
+    second = train(tiny_config(tmp_path / "run", epochs=3), tiny_manifest, verbose=0)
+    assert second.epochs_completed == 3
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]
+    assert second.steps == 3 * 3  # 28 images, batch 8: three steps an epoch, counted across both runs
+
+
+def test_existing_checkpoint_is_not_overwritten_without_resume(tiny_manifest, tmp_path):
+    train(tiny_config(tmp_path / "run", epochs=1), tiny_manifest, verbose=0)
+    with pytest.raises(TrainingError, match="already holds a checkpoint.*--resume"):
+        train(tiny_config(tmp_path / "run", epochs=2, resume=False), tiny_manifest, verbose=0)
+    with pytest.raises(TrainingError, match="another backbone"):
+        train(tiny_config(tmp_path / "run", epochs=2, backbone="MobileFaceNet"), tiny_manifest, verbose=0)
+
+
+def test_budget_stops_cleanly_and_resumes_mid_epoch(tiny_manifest, tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=2, max_minutes=1e-6)
+    result = train(config, tiny_manifest, verbose=0)
+    assert result.stopped == "budget" and result.epochs_completed == 0
+    state = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")))
+    assert state.get_tensor("step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    assert (tmp_path / "run" / artifacts.EMBEDDING_MODEL_FILE).exists(), "a budget stop still saves the models"
+    done = train(config.replace(max_minutes=0.0), tiny_manifest, verbose=0)
+    assert done.epochs_completed == 2 and done.steps == 6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_manifest, tmp_path, monkeypatch):
+    train(tiny_config(tmp_path / "run", epochs=1), tiny_manifest, verbose=0)
+    from arcface import data
+
+    real = data.make_dataset
+
+    def poisoned(*args, **kwargs):
+        return real(*args, **kwargs).map(lambda x, y: (x * np.nan, y))
+
+    monkeypatch.setattr(data, "make_dataset", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became NaN at epoch 2, step 1.*ckpt-3.*is kept"):
+        train(tiny_config(tmp_path / "run", epochs=2), tiny_manifest, verbose=0)
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-3")
+
+
+def test_weight_decay_is_in_the_loss(tiny_manifest, tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "run", decay=0.01), tiny_manifest, verbose=0)
+    kernels = {v.path for v in trainer.decayed}
+    assert any(p.endswith("embedding_fc/kernel") for p in kernels)
+    assert any(p.endswith("head/centers") for p in kernels)
+    assert not any("bn" in p or p.endswith("bias") for p in kernels)
+    expected = 0.5 * 0.01 * sum(float(np.sum(v.numpy() ** 2)) for v in trainer.decayed)
+    assert float(weight_decay_loss(trainer.decayed, 0.01)) == pytest.approx(expected, rel=1e-5)
+    from arcface import data
+
+    images, labels = next(iter(data.make_dataset(tiny_manifest, "train", image_size=48, batch_size=8,
+                                                 training=True)))
+    _, decay, _ = trainer._train_step(images, labels)
+    assert float(decay) == pytest.approx(expected, rel=1e-4), "the step's loss carries the decay term"
+
+
+def test_use_param_folder_loads_backbone_and_reinitializes_a_different_head(tiny_manifest, tmp_path):
+    train(tiny_config(tmp_path / "source", epochs=1), tiny_manifest, verbose=0)
+    source = Trainer(tiny_config(tmp_path / "unused"), tiny_manifest, verbose=0)
+    source.training_model.load_weights(str(tmp_path / "source" / "training_model.weights.h5"))
+
+    same = Trainer(tiny_config(tmp_path / "same", use_param_folder=str(tmp_path / "source")), tiny_manifest,
+                   verbose=0)
+    assert "loaded backbone and head" in same.restore_or_start()
+    for a, b in zip(same.training_model.weights, source.training_model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    from arcface.data import Manifest
+
+    three = Manifest(rows=[r for r in tiny_manifest.rows if r.identity != "s4"], roots=tiny_manifest.roots,
+                     class_names=["s1", "s2", "s3"])
+    other = Trainer(tiny_config(tmp_path / "other", n_classes=3, use_param_folder=str(tmp_path / "source")),
+                    three, verbose=0)
+    assert "re-initialized" in other.restore_or_start()
+    for a, b in zip(other.backbone.weights, source.backbone.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_n_classes_mismatch_is_explained(tiny_manifest, tmp_path):
+    with pytest.raises(TrainingError, match="--n_classes=5 but the training data holds 4 identities"):
+        Trainer(tiny_config(tmp_path / "run", n_classes=5), tiny_manifest, verbose=0)
+
+
+def test_partial_fc_trains(tiny_manifest, tmp_path):
+    result = train(tiny_config(tmp_path / "run", sample_rate=0.5, epochs=3), tiny_manifest, verbose=0)
+    assert result.epochs_completed == 3
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+
+
+@pytest.mark.slow
+def test_original_command_line_both_spellings(tiny_data, tmp_path):
+    common = [sys.executable, os.path.join(REPO, "train.py"), "--backbone=TinyFaceNet", "--image_size", "48",
+              "--embedding_size=16", "--n_classes", "4", "--epochs=1", "--batch_size", "8"]
+    out = subprocess.run(common + [f"--train_data={tiny_data}", "--validation_data", str(tiny_data),
+                                   "--save_path", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "global batch size: 8" in out.stdout and "1/1 epochs" in out.stdout
+    bad = subprocess.run(common + ["--penalty=-1", f"--train_data={tiny_data}", f"--save_path={tmp_path / 'b'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--penalty=-1.0 is out of range" in bad.stderr
+
+
+@pytest.mark.slow
+def test_kill_at_any_moment_then_resume_ends_with_all_epochs(tiny_data, tmp_path):
+    """SIGKILL the training process at several moments; every restart resumes; no half-written checkpoint."""
+    save = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--backbone=TinyFaceNet", "--image_size=48",
+           "--embedding_size=16", "--n_classes=4", "--epochs=6", "--batch_size=4", "--checkpoint_steps=2",
+           f"--train_data={tiny_data}", f"--validation_data={tiny_data}", f"--save_path={save}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for delay in (9.0, 11.0, 13.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        latest = tf.train.latest_checkpoint(str(save / "checkpoints"))
+        if latest:
+            tf.train.load_checkpoint(latest)  # every checkpoint the index names must read back whole
+    final = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert final.returncode == 0, final.stderr
+    metadata = json.loads((save / artifacts.METADATA_FILE).read_text())
+    assert metadata["epochs_completed"] == 6
+    assert metadata["steps"] == 6 * 7
+    assert not list(save.rglob("*.tmp-*")), "no temporary file is left behind"
