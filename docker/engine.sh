@@ -147,6 +147,8 @@ cmd_stop() {
     kill -TERM "$cpid" 2>/dev/null || true
   fi
   rm -f "$PIDFILE" "$SOCK"
+  # The loop-mounted data root (ARCFACE_DOCKER_LOOP_GIB) is unmounted; the image file stays for next time.
+  if [[ -f $DIR/data.ext4 ]] && mountpoint -q "$DIR/data"; then umount "$DIR/data"; fi
   log "stopped dockerd $pid"
 }
 

@@ -1,0 +1,208 @@
+"""Recognition quality on real faces under a fixed CPU budget, and the margin ablation.
+
+    python benchmarks/bench_quality.py --dataset lfw --out benchmarks/results/quality_lfw.json
+    python benchmarks/bench_quality.py --dataset orl --budget_minutes 4 --out benchmarks/results/quality_orl.json
+
+Open-set protocol: identities are split so that no test identity is ever seen in training. LFW: every
+identity with 2-3 images, plus a seeded quarter of those with 4 or more, is held out; the rest (4+ images)
+train, with one image of each identity that has 5+ kept for the closed-set validation that picks the best
+epoch. ORL: a seeded quarter of the 40 identities is held out. Test pairs are all genuine pairs of the held-out
+identities (a seeded sample when there are more than --max_genuine) and as many seeded impostor pairs, written
+as an LFW-format pairs file and scored by the evaluation step (10-fold accuracy, AUC, TAR@FAR).
+
+Every variant goes through the product's own steps: validate -> train (time budget) -> evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ARCFACE_SHARED_FACES", REPO.parent / "shared" / "data" / "faces"))
+
+VARIANTS = {
+    "arcface": {"margin": "arcface", "penalty": 0.5, "enhance": 64.0},
+    "cosface": {"margin": "cosface", "penalty": 0.35, "enhance": 64.0},
+    "softmax": {"margin": "softmax"},
+    "untrained": None,  # the same network with its initial weights: the floor
+}
+
+
+def split_identities(root: Path, dataset: str, seed: int) -> tuple[dict, dict, dict]:
+    """(train {id: [files]}, validation {id: [files]}, test {id: [files]}) with disjoint identities."""
+    rng = random.Random(seed)
+    people = {p.name: sorted(f for f in p.iterdir() if f.is_file()) for p in sorted(root.iterdir()) if p.is_dir()}
+    if dataset == "lfw":
+        big = sorted(n for n, f in people.items() if len(f) >= 4)
+        held = set(rng.sample(big, len(big) // 4)) | {n for n, f in people.items() if 2 <= len(f) <= 3}
+        train_ids = [n for n in big if n not in held]
+    else:
+        names = sorted(people)
+        held = set(rng.sample(names, len(names) // 4))
+        train_ids = [n for n in names if n not in held]
+    train, validation = {}, {}
+    for name in train_ids:
+        files = list(people[name])
+        if len(files) >= 5:
+            validation[name] = [files.pop(rng.randrange(len(files)))]
+        train[name] = files
+    test = {n: people[n] for n in sorted(held)}
+    return train, validation, test
+
+
+def link_tree(folder: Path, split: dict[str, list[Path]]) -> None:
+    """The original layout, made of links to the shared images (nothing is copied or changed)."""
+    for name, files in split.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (folder / name / f.name).symlink_to(f)
+
+
+def write_pairs(path: Path, test: dict[str, list[Path]], seed: int, max_genuine: int) -> dict:
+    """Balanced genuine/impostor pairs in LFW's format (no header: genuine lines first, then impostors)."""
+    from arcface.evaluation.pairs import generate_pairs
+
+    identities = [n for n, files in test.items() for _ in files]
+    paths = [str(f) for files in test.values() for f in files]
+    pairs = generate_pairs(identities, paths, seed, max_genuine=max_genuine, min_impostor=0,
+                           max_impostor=max_genuine)
+    pattern = re.compile(r"^(.*)_(\d+)\.\w+$")
+
+    def name_index(p: str) -> tuple[str, int]:
+        m = pattern.match(os.path.basename(p))
+        if not m:
+            raise ValueError(f"{p} is not named <name>_<i>.<ext>")
+        return m.group(1), int(m.group(2))
+
+    lines = []
+    for pair in sorted(pairs, key=lambda p: not p.same):
+        (a, i), (b, j) = name_index(pair.path_a), name_index(pair.path_b)
+        lines.append(f"{a}\t{i}\t{j}" if pair.same else f"{a}\t{i}\t{b}\t{j}")
+    path.write_text("\n".join(lines) + "\n")
+    return {"genuine": pairs.counts["genuine"], "impostor": pairs.counts["impostor"]}
+
+
+def orl_as_lfw(root: Path, out: Path) -> Path:
+    """ORL names files <k>.pgm in s<N>/; LFW-format pairs need <name>/<name>_<k>.<ext>: link them so."""
+    for person in sorted(p for p in root.iterdir() if p.is_dir()):
+        (out / person.name).mkdir(parents=True, exist_ok=True)
+        for f in person.iterdir():
+            (out / person.name / f"{person.name}_{int(f.stem):04d}.pgm").symlink_to(f)
+    return out
+
+
+def untrained_model(config, manifest, folder: str) -> None:
+    from arcface import artifacts
+    from arcface.train import Trainer
+
+    trainer = Trainer(config.replace(save_path=folder), manifest, verbose=0)
+    trainer.save_models(folder)
+    config.replace(save_path=folder).save(os.path.join(folder, artifacts.CONFIG_FILE))
+    artifacts.write_json(os.path.join(folder, artifacts.METADATA_FILE), trainer.metadata(epochs_completed=0))
+
+
+def run(args) -> dict:
+    import keras
+
+    from arcface import __version__
+    from arcface.config import load_yaml
+    from arcface.data import run_validation
+    from arcface.evaluation.evaluate import evaluate
+    from arcface.train import train
+
+    source = SHARED / ("lfw_deepfunneled" if args.dataset == "lfw" else "orl_faces")
+    if not source.is_dir():
+        raise SystemExit(f"{source} not found: this benchmark needs ../shared/data/faces (or ARCFACE_SHARED_FACES)")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix=f"arcface-quality-{args.dataset}-"))
+    train_split, validation_split, test_split = split_identities(source, args.dataset, args.seed)
+    link_tree(work / "data" / "train", train_split)
+    link_tree(work / "data" / "validation", validation_split)
+    pairs_root = source if args.dataset == "lfw" else orl_as_lfw(source, work / "orl_as_lfw")
+    pair_counts = write_pairs(work / "pairs.txt", {
+        n: [pairs_root / n / (f.name if args.dataset == "lfw" else f"{n}_{int(f.stem):04d}.pgm") for f in files]
+        for n, files in test_split.items()}, args.seed, args.max_genuine)
+
+    base = load_yaml(args.config)
+    base = base.replace(n_classes=len(train_split), max_minutes=args.budget_minutes, seed=args.seed)
+    validated = run_validation(str(work / "data" / "train"), str(work / "data" / "validation"),
+                               str(work / "manifest"), n_classes=base.n_classes, min_images=base.min_images)
+    manifest = validated.manifest
+    n_train = len(manifest.split("train"))
+    result = {"benchmark": "quality", "dataset": args.dataset, "package_version": __version__,
+              "config": args.config, "budget_minutes": args.budget_minutes, "seed": args.seed,
+              "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+              "split": {"train_identities": len(train_split), "train_images": n_train,
+                        "validation_images": len(manifest.split("validation")),
+                        "test_identities": len(test_split),
+                        "test_images": sum(len(f) for f in test_split.values()), "pairs": pair_counts,
+                        "identity_overlap": len(set(train_split) & set(test_split))},
+              "variants": {}}
+    for name in args.variants.split(","):
+        overrides = VARIANTS[name]
+        folder = str(work / "models" / name)
+        started = time.time()
+        keras.backend.clear_session()
+        if overrides is None:
+            untrained_model(base, manifest, folder)
+            trained = {"epochs_completed": 0, "images_per_second": None, "stopped": "untrained"}
+        else:
+            config = base.replace(save_path=folder, **overrides)
+            outcome = train(config, manifest, verbose=0)
+            trained = {"epochs_completed": outcome.epochs_completed, "steps": outcome.steps,
+                       "images_per_second": outcome.images_per_second, "stopped": outcome.stopped,
+                       "best_val_accuracy": outcome.best_val_accuracy,
+                       "final_loss": outcome.history[-1]["loss"] if outcome.history else None}
+        metrics = evaluate(folder, manifest, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
+                           pairs_root=str(pairs_root))
+        s = metrics["summary"]
+        result["variants"][name] = {
+            **trained, "wall_minutes": (time.time() - started) / 60,
+            "lfw_10fold_accuracy": s["verification_accuracy"], "accuracy_std": s["verification_accuracy_std"],
+            "auc": s["auc"], "eer": s["eer"], "tar_at_far_1e-2": s.get("tar_at_far_1e-02"),
+            "tar_at_far_1e-3": s.get("tar_at_far_1e-03"), "closed_set_top1": s["top1_accuracy"]}
+        print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
+        if args.out:  # keep what is done so far, so an interrupted run still tells something
+            _write(args.out, result)
+    result["workdir"] = str(work)
+    return result
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("lfw", "orl"), default="lfw")
+    parser.add_argument("--config", default=None, help="preset (default: configs/<dataset>_cpu.yaml)")
+    parser.add_argument("--variants", default="arcface,softmax,cosface,untrained")
+    parser.add_argument("--budget_minutes", type=float, default=20.0)
+    parser.add_argument("--max_genuine", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", help="keep the split, models and reports here (default: a temp folder)")
+    parser.add_argument("--out", help="also write the JSON here (updated after each variant)")
+    args = parser.parse_args(argv)
+    args.config = args.config or str(REPO / "configs" / f"{args.dataset}_cpu.yaml")
+    logging.basicConfig(level=logging.WARNING)
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        _write(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""KFP component: export the embedding model in the serving formats, each checked against Keras."""
+
+# No `from __future__ import annotations`: KFP reads the annotations as types.
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.common import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def export_model(model: Input[Model], evaluation: Input[Metrics], manifest: Input[Dataset], formats: str,
+                 quantize: str, exported: Output[Model]):
+    """Export ``model`` into ``exported.path`` with a model card; the artifact's metadata describes it.
+
+    Args:
+        model: the train step's model folder.
+        evaluation: the evaluate step's Metrics artifact; its metrics.json goes into the model card.
+        manifest: the validate step's manifest; its validation faces are what each export is checked on.
+        formats: comma-separated, any of saved_model, keras, tflite, onnx.
+        quantize: none, float16 or dynamic (adds a quantized TFLite file).
+        exported: the exported model folder (formats, model card).
+    """
+    import os
+
+    from arcface.data import Manifest
+    from arcface.export import export, kfp_model_metadata
+
+    faces = Manifest.read(os.path.join(manifest.path, "manifest.json")).absolute_paths("validation")
+    card = export(model.path, exported.path, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                  quantize=quantize, metrics_path=os.path.join(evaluation.path, "metrics.json"),
+                  check_images=faces or None)
+    exported.metadata.update(kfp_model_metadata(card))

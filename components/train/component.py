@@ -1,0 +1,39 @@
+"""KFP component: train ArcFace on the validated manifest; the Model artifact's folder is the save_path."""
+
+# No `from __future__ import annotations`: KFP reads the annotations as types.
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.common import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], metrics: Output[Metrics]):
+    """Train; write checkpoints, logs, the resolved config and both Keras models under ``model.path``.
+
+    Args:
+        config: the validated TrainConfig from the validate step (its save_path is replaced by the artifact).
+        manifest: the validate step's folder artifact holding manifest.json.
+        model: the model folder (see arcface.artifacts): training_model.keras, embedding_model.keras, best/,
+            checkpoints/, logs/, config.yaml, metadata.json.
+        metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy.
+    """
+    import os
+
+    from arcface.config import from_dict
+    from arcface.train import train
+
+    result = train(from_dict({**config, "save_path": model.path}), os.path.join(manifest.path, "manifest.json"))
+    metrics.log_metric("epochs_completed", result.epochs_completed)
+    metrics.log_metric("steps", result.steps)
+    metrics.log_metric("images_per_second", round(float(result.images_per_second), 3))
+    if result.best_val_accuracy is not None:
+        metrics.log_metric("best_val_accuracy", float(result.best_val_accuracy))
+    if result.history:
+        last = result.history[-1]
+        for key in ("loss", "accuracy", "val_accuracy"):
+            if last.get(key) is not None:
+                metrics.log_metric(f"final_{key}", float(last[key]))
+    model.metadata.update({"framework": "tensorflow", "backbone": config["backbone"],
+                           "margin": config["margin"], "stopped": result.stopped,
+                           "manifest_sha256": result.manifest_sha256})

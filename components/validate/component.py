@@ -1,0 +1,63 @@
+"""KFP component: validate the training config and the face folders, write the manifest.
+
+The first step of the pipeline, so a bad parameter (``penalty=-1``) or a missing data folder fails here,
+with the library's message, before any TensorFlow image is pulled.
+"""
+
+# No `from __future__ import annotations`: KFP reads the annotations as types.
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Output
+
+from components.common import LIGHT_IMAGE
+
+
+@dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)
+def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
+                  report: Output[Markdown]) -> NamedTuple("ValidateOutputs", [("config", dict)]):
+    """Validate the config and the data; return the resolved config for the train step.
+
+    Args:
+        config: TrainConfig keys (every pipeline parameter that mirrors a flag).
+        data_root: a folder holding train/ and validation/; when set it replaces train_data and validation_data.
+        manifest: folder artifact: manifest.json (the images training may read, with their hashes),
+            report.json and report.md.
+        report: the same report as Markdown, for the KFP UI.
+
+    Returns:
+        config: the validated TrainConfig as a dict, with train_data and validation_data resolved to absolute folders.
+    """
+    import os
+    import shutil
+    from collections import namedtuple
+
+    from arcface.config import field_type, fields, from_dict
+    from arcface.data import resolve_roots, run_validation
+
+    # Members of a dict built from pipeline parameters arrive as strings; an int may arrive as '3.0'.
+    ints = {f.name for f in fields() if field_type(f) is int}
+
+    def plain(key, value):
+        if key in ints and isinstance(value, str | float):
+            try:
+                number = float(value)
+            except ValueError:
+                return value  # from_dict names the key and the bad value
+            return int(number) if number.is_integer() else value
+        return value
+
+    values = {key: plain(key, value) for key, value in config.items()}
+    if data_root:
+        values.update(train_data=data_root, validation_data=data_root)
+    checked = from_dict(values).validate()
+    train_root, validation_root = resolve_roots(checked.train_data, checked.validation_data)
+    result = run_validation(train_root, validation_root, manifest.path, n_classes=checked.n_classes,
+                            min_images=checked.min_images, strict=checked.strict)
+    shutil.copyfile(os.path.join(manifest.path, "report.md"), report.path)
+    counts = result.report["counts"]
+    manifest.metadata.update({"sha256": result.manifest.sha256, "n_classes": len(result.manifest.class_names),
+                              "train_images": counts["train"]["images"],
+                              "validation_images": counts["validation"]["images"], "clean": result.ok})
+    resolved = checked.replace(train_data=train_root, validation_data=validation_root)
+    return namedtuple("ValidateOutputs", ["config"])(resolved.to_dict())

@@ -1,0 +1,72 @@
+"""validate_data: its Python function with fake artifacts, then the component through kfp.local."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from kfp import dsl, local
+
+from arcface.config import ConfigError, TrainConfig
+from arcface.data import DataError
+from components.validate import validate_data
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample" / "orl"  # tests/conftest.py's sample_dir
+
+
+@pytest.fixture
+def faces(tmp_path):
+    sample_dir = SAMPLE
+    root = tmp_path / "faces"
+    for split in ("train", "validation"):
+        for identity in ("s1", "s2", "s3"):
+            shutil.copytree(sample_dir / split / identity, root / split / identity)
+    return root
+
+
+def kfp_strings(config: TrainConfig) -> dict:
+    """How KFP hands over a dict built from pipeline parameters: every member a string, ints as '3.0'."""
+    return {k: (str(float(v)) if isinstance(v, int) and not isinstance(v, bool) else str(v).lower()
+                if isinstance(v, bool) else str(v)) for k, v in config.to_dict().items()}
+
+
+def artifacts(tmp_path):
+    return (dsl.Dataset(name="manifest", uri=str(tmp_path / "out" / "manifest")),
+            dsl.Markdown(name="report", uri=str(tmp_path / "out" / "report.md")))
+
+
+def test_function_writes_manifest_and_returns_the_resolved_config(faces, tmp_path):
+    manifest, report = artifacts(tmp_path)
+    (tmp_path / "out").mkdir()
+    config = kfp_strings(TrainConfig(n_classes=3, epochs=7))
+    (resolved,) = validate_data.python_func(config=config, data_root=str(faces), manifest=manifest, report=report)
+    assert resolved["epochs"] == 7 and resolved["n_classes"] == 3 and resolved["augment"] is True
+    assert resolved["train_data"] == str(faces / "train")
+    data = json.loads((tmp_path / "out" / "manifest" / "manifest.json").read_text())
+    assert data["class_names"] == ["s1", "s2", "s3"]
+    assert "#" in (tmp_path / "out" / "report.md").read_text()
+    assert manifest.metadata["n_classes"] == 3 and manifest.metadata["train_images"] == 21
+
+
+def test_bad_config_fails_with_the_library_message(faces, tmp_path):
+    manifest, report = artifacts(tmp_path)
+    with pytest.raises(ConfigError, match="--penalty=-1.0 is out of range"):
+        validate_data.python_func(config=kfp_strings(TrainConfig(n_classes=3, penalty=-1)),
+                                  data_root=str(faces), manifest=manifest, report=report)
+
+
+def test_missing_data_fails_with_the_library_message(tmp_path):
+    manifest, report = artifacts(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        validate_data.python_func(config=TrainConfig().to_dict(), data_root=str(tmp_path / "nowhere"),
+                                  manifest=manifest, report=report)
+
+
+def test_component_through_the_local_runner(faces, tmp_path):
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = validate_data(config=TrainConfig(n_classes=3).to_dict(), data_root=str(faces))
+    assert task.outputs["config"]["n_classes"] == 3
+    manifest = task.outputs["manifest"]
+    assert json.loads(Path(manifest.path, "manifest.json").read_text())["class_names"] == ["s1", "s2", "s3"]

@@ -1,0 +1,224 @@
+"""The compiled pipeline: DAG, parameters mirroring TrainConfig, images, caching, retries, resources, golden file.
+
+Regenerate the golden file after an intended change with:
+
+    python pipeline.py compile --output tests/pipeline/golden/arcface_pipeline.yaml
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline
+from arcface import config as cfg
+from arcface import images
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden" / "arcface_pipeline.yaml"
+KFP_TYPES = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING", bool: "BOOLEAN"}
+STEPS = {"validate-data": "validate", "train-model": "train", "evaluate-model": "evaluate",
+         "quality-gate": "gate", "export-model": "export"}
+
+
+def compile_docs(tmp_path, options=None) -> list[dict]:
+    path = pipeline.compile_pipeline(str(tmp_path / "p.yaml"), options)
+    with open(path, encoding="utf-8") as f:
+        return list(yaml.safe_load_all(f))
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> dict:
+    return compile_docs(tmp_path_factory.mktemp("compile"))[0]
+
+
+def all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the root DAG and of the condition's sub-DAG, by name."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for name, component in spec["components"].items():
+        if name.startswith("comp-condition"):
+            tasks.update(component["dag"]["tasks"])
+    return tasks
+
+
+def test_dag_edges(spec):
+    root = spec["root"]["dag"]["tasks"]
+    deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
+    assert deps["validate-data"] == set()
+    assert deps["train-model"] == {"validate-data"}
+    assert deps["evaluate-model"] == {"train-model", "validate-data"}
+    assert deps["quality-gate"] == {"evaluate-model"}
+    condition = root["condition-1"]
+    assert "quality-gate" in condition["dependentTasks"]
+    assert condition["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--quality-gate-Output'] == true"
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"export-model"}
+    # The gate reads evaluate's accuracy; export reads train's model and evaluate's metrics.
+    gate_inputs = root["quality-gate"]["inputs"]["parameters"]["accuracy"]["taskOutputParameter"]
+    assert gate_inputs == {"outputParameterKey": "verification_accuracy", "producerTask": "evaluate-model"}
+
+
+def test_every_config_field_is_a_parameter_with_its_default(spec):
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for field in cfg.fields():
+        assert field.name in params, f"TrainConfig.{field.name} is not a pipeline parameter"
+        p = params[field.name]
+        assert p["parameterType"] == KFP_TYPES[cfg.field_type(field)], field.name
+        assert p["defaultValue"] == field.default, field.name  # ints come back as 10.0 == 10
+        assert p["description"].startswith(field.metadata["help"]), field.name
+    for name, (kind, default, _) in pipeline.PIPELINE_PARAMETERS.items():
+        assert params[name]["parameterType"] == KFP_TYPES[kind]
+        assert params[name]["defaultValue"] == default
+    assert set(params) == {f.name for f in cfg.fields()} | set(pipeline.PIPELINE_PARAMETERS)
+
+
+def test_original_flag_defaults_are_kept(spec):
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["backbone"]["defaultValue"] == "ResNet50"
+    assert params["epochs"]["defaultValue"] == 100
+    assert params["batch_size"]["defaultValue"] == 10
+    assert params["penalty"]["defaultValue"] == 0.5
+
+
+def test_validate_step_receives_every_field(spec):
+    config = spec["root"]["dag"]["tasks"]["validate-data"]["inputs"]["parameters"]["config"]
+    constant = config["runtimeValue"]["constant"]
+    assert set(constant) == {f.name for f in cfg.fields()}
+    for name, value in constant.items():
+        assert value == f"{{{{$.inputs.parameters['pipelinechannel--{name}']}}}}"
+
+
+def test_images_come_from_arcface_images(spec):
+    executors = spec["deploymentSpec"]["executors"]
+    expected = {"exec-validate-data": images.validate_image(), "exec-quality-gate": images.validate_image(),
+                "exec-train-model": images.cpu_image(), "exec-evaluate-model": images.cpu_image(),
+                "exec-export-model": images.cpu_image()}
+    assert {name: e["container"]["image"] for name, e in executors.items()} == expected
+    for executor in executors.values():
+        container = executor["container"]
+        assert not container["image"].endswith(":latest")
+        assert "pip install" not in " ".join(container["command"])  # install_kfp_package=False, no packages
+
+
+def test_caching_is_off(spec):
+    tasks = all_tasks(spec)
+    assert set(tasks) == set(STEPS) | {"condition-1"}
+    for name in STEPS:
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+
+
+def test_retries(spec):
+    tasks = all_tasks(spec)
+    for name, step in STEPS.items():
+        retries, backoff = pipeline.RETRIES[step]
+        assert tasks[name]["retryPolicy"] == {"maxRetryCount": retries, "backoffDuration": backoff,
+                                              "backoffFactor": pipeline.BACKOFF_FACTOR,
+                                              "backoffMaxDuration": pipeline.BACKOFF_MAX}, name
+
+
+def test_local_runs_have_no_retries(tmp_path):
+    spec = compile_docs(tmp_path, pipeline.DeployOptions(retries=False))[0]
+    assert all("retryPolicy" not in task for task in all_tasks(spec).values())
+
+
+def test_resources(spec):
+    executors = spec["deploymentSpec"]["executors"]
+    for name, step in STEPS.items():
+        cpu_request, cpu_limit, memory_request, memory_limit = pipeline.RESOURCES[step]
+        resources = executors[f"exec-{name}"]["container"]["resources"]
+        assert resources["resourceCpuRequest"] == cpu_request
+        assert resources["resourceCpuLimit"] == cpu_limit
+        assert resources["resourceMemoryRequest"] == memory_request
+        assert resources["resourceMemoryLimit"] == memory_limit
+        assert "accelerator" not in resources
+
+
+def test_gpu_node_selector_toleration_and_pvc(tmp_path):
+    code = pipeline.main(["compile", "--output", str(tmp_path / "gpu.yaml"), "--gpu", "nvidia.com/gpu",
+                          "--gpu-count", "2", "--node-selector", "pool=gpu", "--toleration",
+                          "nvidia.com/gpu:NoSchedule", "--pvc", "faces", "--pvc-mount", "/mnt/faces"])
+    assert code == 0
+    spec, platform = list(yaml.safe_load_all((tmp_path / "gpu.yaml").read_text()))
+    train = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert train["image"] == images.gpu_image()
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "2"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train-model"]["nodeSelector"] == {"labels": {"pool": "gpu"}}
+    assert k8s["exec-train-model"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
+                                                       "operator": "Exists"}]
+    for executor in ("exec-validate-data", "exec-train-model", "exec-evaluate-model", "exec-quality-gate",
+                     "exec-export-model"):
+        mounts = k8s[executor]["pvcMount"]
+        assert [(m["mountPath"], m["pvcNameParameter"]["runtimeValue"]["constant"]) for m in mounts] == \
+            [("/mnt/faces", "faces")], executor
+    assert "nodeSelector" not in k8s["exec-validate-data"]
+
+
+def test_bad_compile_options_are_refused(tmp_path, capsys):
+    assert pipeline.main(["compile", "--output", str(tmp_path / "x.yaml"), "--toleration", "k:Sometimes"]) == 2
+    assert "NoSchedule, PreferNoSchedule or NoExecute" in capsys.readouterr().err
+
+
+def normalized(text: str) -> str:
+    """The compiled YAML without what legitimately varies: the SDK version and the image repository."""
+    lines = [line for line in text.splitlines() if not line.startswith("sdkVersion:")]
+    return "\n".join(lines).replace(images.repository() + "/", images.DEFAULT_REPOSITORY + "/")
+
+
+def test_golden_file(tmp_path):
+    path = pipeline.compile_pipeline(str(tmp_path / "p.yaml"))
+    got = normalized(Path(path).read_text(encoding="utf-8"))
+    want = normalized(GOLDEN.read_text(encoding="utf-8"))
+    assert got == want, ("the compiled pipeline differs from tests/pipeline/golden/arcface_pipeline.yaml; if the "
+                         "change is intended, regenerate it: python pipeline.py compile --output "
+                         "tests/pipeline/golden/arcface_pipeline.yaml")
+
+
+def test_compiles_without_tensorflow(tmp_path):
+    code = (f"import sys, pipeline; pipeline.compile_pipeline({str(tmp_path / 'p.yaml')!r}); "
+            "assert 'tensorflow' not in sys.modules, 'pipeline.py imported TensorFlow'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_export_formats_default_is_the_library_default():
+    from arcface import export
+
+    assert pipeline.PIPELINE_PARAMETERS["export_formats"][1] == ",".join(export.FORMATS)
+    assert pipeline.PIPELINE_PARAMETERS["quantize"][1] == export.QUANTIZE[0]
+
+
+def test_local_preset_is_a_valid_config_and_only_known_parameters():
+    fields = {f.name for f in cfg.fields()}
+    assert set(pipeline.LOCAL_PRESET) <= fields | set(pipeline.PIPELINE_PARAMETERS)
+    cfg.from_dict({k: v for k, v in pipeline.LOCAL_PRESET.items() if k in fields}).validate()
+
+
+def test_param_parsing():
+    assert pipeline.parse_params(["epochs=3", "lr=0.01", "augment=false", "accuracy_threshold=0.8"]) == {
+        "epochs": 3, "lr": 0.01, "augment": False, "accuracy_threshold": 0.8}
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        pipeline.parse_params(["epoch=3"])
+    with pytest.raises(cfg.ConfigError, match="epochs: expected an integer"):
+        pipeline.parse_params(["epochs=three"])
+    assert pipeline.parse_every("7d") == 7 * 86400
+    assert pipeline.parse_every("90m") == 5400
+    with pytest.raises(ValueError, match="prefix a seconds field"):
+        pipeline.check_cron("0 3 * * 0")
+
+
+def test_config_file_overrides_the_preset(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 2\nbackbone: TinyFaceNet\n")
+    arguments = pipeline.local_arguments(config=str(path), data=str(tmp_path), params=["epochs=1"])
+    assert arguments["backbone"] == "TinyFaceNet" and arguments["epochs"] == 1
+    assert arguments["image_size"] == pipeline.LOCAL_PRESET["image_size"]
+    assert arguments["data_root"] == str(tmp_path)
+    path.write_text("epoch: 2\n")
+    with pytest.raises(cfg.ConfigError, match="did you mean 'epochs'"):
+        pipeline.local_arguments(config=str(path))
