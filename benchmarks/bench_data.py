@@ -108,6 +108,17 @@ def pipeline_images_per_second(manifest, split: str = "train", *, image_size: in
             "batches_per_pass": batches}
 
 
+def training_images_per_second(backbone: str, image_size: int = 112, batch_size: int = 32) -> dict:
+    """What the training step consumes, in the same process and run (bench_train's median step time)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from arcface.config import TrainConfig
+    from bench_train import time_steps
+
+    config = TrainConfig(backbone=backbone, image_size=image_size, batch_size=batch_size, n_classes=1000,
+                         dropout=0.0, warmup_epochs=0.0, save_path=tempfile.mkdtemp(prefix="bench_data_train_"))
+    return {"backbone": backbone, **time_steps(config, warmup=2, steps=10)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=None, help="files in the validation tree (default 10,000)")
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, default=60, help="batches per timed pass")
     parser.add_argument("--quick", action="store_true", help="2,000 images, fewer batches: a smoke run")
     parser.add_argument("--lfw", default=str(DEFAULT_LFW), help="folder of LFW <Name>/<Name>_NNNN.jpg")
+    parser.add_argument("--training_backbone", default="ResNet50",
+                        help="backbone whose training consumption the pipeline is compared with ('' to skip)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     n_images = args.images or (2_000 if args.quick else 10_000)
@@ -131,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         validation = validation_files_per_second(root, runs=args.runs)
         manifest = validation.pop("manifest")
         pipeline = pipeline_images_per_second(manifest, batches=batches, passes=passes)
+        training = training_images_per_second(args.training_backbone) if args.training_backbone else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
@@ -139,6 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
         "validation": {**validation, "tree_build_s": round(built_s, 1)},
         "input_pipeline": pipeline,
     }
+    if training:
+        result["training_consumption"] = training
+        result["pipeline_vs_training_ratio"] = round(pipeline["images_per_second"] / training["images_per_second"], 1)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
