@@ -132,6 +132,12 @@ def run(args) -> dict:
         n: [pairs_root / n / (f.name if args.dataset == "lfw" else f"{n}_{int(f.stem):04d}.pgm") for f in files]
         for n, files in test_split.items()}, args.seed, args.max_genuine)
 
+    if args.prepare_only:
+        command = (f"python pipeline.py run --local --config {args.config} --data {work / 'data'} "
+                   f"--param n_classes={len(train_split)} --param pairs_file={work / 'pairs.txt'} "
+                   f"--param pairs_root={pairs_root} --param accuracy_threshold=0.0")
+        return {"workdir": str(work), "train_identities": len(train_split), "pairs": pair_counts,
+                "pipeline_command": command}
     base = load_yaml(args.config)
     base = base.replace(n_classes=len(train_split), max_minutes=args.budget_minutes, seed=args.seed)
     validated = run_validation(str(work / "data" / "train"), str(work / "data" / "validation"),
@@ -194,6 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", help="keep the split, models and reports here (default: a temp folder)")
     parser.add_argument("--out", help="also write the JSON here (updated after each variant)")
+    parser.add_argument("--prepare_only", action="store_true",
+                        help="only make the split and pairs file, and print the pipeline command that trains on them")
     args = parser.parse_args(argv)
     args.config = args.config or str(REPO / "configs" / f"{args.dataset}_cpu.yaml")
     logging.basicConfig(level=logging.WARNING)

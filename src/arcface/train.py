@@ -190,8 +190,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self._data = data
 
-        if config.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+        # The policy is global in Keras: set it both ways, so one mixed-precision run does not leak into the next.
+        keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.training_model, self.embedding_model = build_models(config)

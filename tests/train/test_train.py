@@ -173,3 +173,13 @@ def test_kill_at_any_moment_then_resume_ends_with_all_epochs(tiny_data, tmp_path
     assert metadata["epochs_completed"] == 6
     assert metadata["steps"] == 6 * 7
     assert not list(save.rglob("*.tmp-*")), "no temporary file is left behind"
+
+
+def test_mixed_precision_step_runs_and_does_not_leak(tiny_manifest, tmp_path):
+    import keras
+
+    result = train(tiny_config(tmp_path / "mp", epochs=1, mixed_precision=True), tiny_manifest, verbose=0)
+    assert np.isfinite(result.history[0]["loss"])
+    assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    Trainer(tiny_config(tmp_path / "fp32"), tiny_manifest, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"
