@@ -32,22 +32,10 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
     import shutil
     from collections import namedtuple
 
-    from arcface.config import field_type, fields, from_dict
+    from arcface.config import from_dict
     from arcface.data import resolve_roots, run_validation
 
-    # Members of a dict built from pipeline parameters arrive as strings; an int may arrive as '3.0'.
-    ints = {f.name for f in fields() if field_type(f) is int}
-
-    def plain(key, value):
-        if key in ints and isinstance(value, str | float):
-            try:
-                number = float(value)
-            except ValueError:
-                return value  # from_dict names the key and the bad value
-            return int(number) if number.is_integer() else value
-        return value
-
-    values = {key: plain(key, value) for key, value in config.items()}
+    values = dict(config)  # members arrive as strings ('3.0' for an int): from_dict converts and checks them
     if data_root:
         values.update(train_data=data_root, validation_data=data_root)
     checked = from_dict(values).validate()

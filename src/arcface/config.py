@@ -150,7 +150,13 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
                 raise ValueError
             if isinstance(value, bool):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if isinstance(value, str):
+                # '3.0' and '1e6' name whole numbers too (KFP hands dict members over as such strings).
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(value)
         return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
