@@ -3,6 +3,7 @@
     python pipeline.py compile [--output arcface_pipeline.yaml] [--gpu nvidia.com/gpu --gpu-count 1]
                                [--node-selector K=V] [--toleration KEY[=VALUE]:EFFECT] [--pvc NAME --pvc-mount /data]
     python pipeline.py run --local [--config YAML] [--data sample/orl] [--param k=v ...] [--output runs/local]
+    python pipeline.py run --docker [same options]     # every step in its image (kfp.local.DockerRunner)
     python pipeline.py submit --host URL [--experiment NAME] [--namespace NS] [--token T] [--param k=v ...]
     python pipeline.py schedule --host URL (--cron '0 0 3 * * 0' | --every 7d) [--max_minutes 60] [--param k=v ...]
 
@@ -291,6 +292,61 @@ def local_arguments(*, config: str | None = None, data: str | None = None, param
     return arguments
 
 
+#: uid:gid the images run as (``USER 1000:1000`` in docker/Dockerfile*).
+IMAGE_UID, IMAGE_GID = 1000, 1000
+#: Parameters that may name host files or folders the steps read: under DockerRunner each one that exists is
+#: bind-mounted read-only at the same path, so the manifest's absolute paths hold inside the containers too.
+HOST_PATH_PARAMETERS = ("data_root", "train_data", "validation_data", "pairs_file", "pairs_root",
+                        "current_model_metrics")
+
+
+def docker_runner(arguments: Mapping[str, Any], pipeline_root: str):
+    """A kfp.local.DockerRunner for the images of this checkout (``docker/build.sh``), on the engine at DOCKER_HOST.
+
+    * Data: every existing absolute path among :data:`HOST_PATH_PARAMETERS` is bind-mounted read-only at the same
+      path (DockerRunner itself mounts only the pipeline root, read-write, at the same path). A path that does not
+      exist is not mounted, so the validate step reports it as it does without Docker.
+    * Users: a non-root caller runs the steps as its own uid:gid, so it can write its pipeline root and owns the
+      outputs (HOME=/tmp: that uid has no home in the image). Root keeps the images' own non-root user
+      (uid 1000) and hands it the pipeline root (chown), rather than running the steps as root.
+    * Network: ``network_mode="none"``: the steps need none (docker/engine.sh's engine has no bridge anyway), and
+      a step that tried to download something (e.g. pretrained weights) fails at once instead of hanging.
+    * Images: kfp pulls an image it does not find by tag; there is no registry for these tags, so a missing one
+      is an error here that names the build command instead.
+    """
+    from kfp import local
+
+    import docker as docker_sdk
+    from components.common import CPU_IMAGE, LIGHT_IMAGE
+
+    try:
+        client = docker_sdk.from_env()
+        try:
+            missing = []
+            for image in sorted({CPU_IMAGE, LIGHT_IMAGE}):
+                try:
+                    client.images.get(image)
+                except docker_sdk.errors.ImageNotFound:
+                    missing.append(image)
+        finally:
+            client.close()
+    except docker_sdk.errors.DockerException as e:
+        raise RuntimeError(f"no Docker engine at {os.environ.get('DOCKER_HOST') or 'the default socket'} ({e}); "
+                           'start one: eval "$(docker/engine.sh start)"') from None
+    if missing:
+        raise RuntimeError(f"image(s) {', '.join(missing)} not in the Docker engine; build them: docker/build.sh")
+
+    paths = {os.path.abspath(str(arguments[name])) for name in HOST_PATH_PARAMETERS
+             if arguments.get(name) and os.path.isabs(str(arguments[name])) and os.path.exists(arguments[name])}
+    mounts = [docker_sdk.types.Mount(target=path, source=path, type="bind", read_only=True) for path in sorted(paths)]
+    run_args: dict[str, Any] = {"mounts": mounts, "network_mode": "none"}
+    if os.getuid() == 0:
+        os.chown(pipeline_root, IMAGE_UID, IMAGE_GID)
+    else:
+        run_args.update(user=f"{os.getuid()}:{os.getgid()}", environment={"HOME": "/tmp"})
+    return local.DockerRunner(**run_args)
+
+
 def run_local(arguments: Mapping[str, Any], output: str, *, docker: bool = False) -> dict[str, Any]:
     """Run the whole DAG here (SubprocessRunner in this environment, or DockerRunner on the images).
 
@@ -301,15 +357,7 @@ def run_local(arguments: Mapping[str, Any], output: str, *, docker: bool = False
 
     root = os.path.abspath(output)
     os.makedirs(root, exist_ok=True)
-    if docker:
-        import docker as docker_sdk
-
-        mounts = [docker_sdk.types.Mount(target=path, source=path, type="bind", read_only=True)
-                  for path in {arguments.get("data_root"), arguments.get("train_data"),
-                               arguments.get("validation_data")} if path and os.path.isabs(path)]
-        runner = local.DockerRunner(mounts=mounts)
-    else:
-        runner = local.SubprocessRunner(use_venv=False)
+    runner = docker_runner(arguments, root) if docker else local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=root, raise_on_error=True)
     before = set(os.listdir(root))
     started = time.monotonic()
@@ -470,8 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deploy_options(p)
 
     p = sub.add_parser("run", help="run the whole pipeline on this machine")
-    p.add_argument("--local", action="store_true", required=True, help="run here with kfp.local")
-    p.add_argument("--docker", action="store_true", help="run each step in its image (DockerRunner)")
+    p.add_argument("--local", action="store_true",
+                   help="run here with kfp.local (always the case; kept for the documented `run --local`)")
+    p.add_argument("--docker", action="store_true",
+                   help="run each step in its image with kfp.local's DockerRunner (images from docker/build.sh, "
+                        "engine at DOCKER_HOST); the data folder is mounted read-only into the containers")
     p.add_argument("--config", help="YAML of TrainConfig keys (strict)")
     p.add_argument("--data", help=f"data root holding train/ and validation/ (default: {DEFAULT_LOCAL_DATA})")
     p.add_argument("--output", default="runs/local", help="pipeline root for the outputs (default runs/local)")

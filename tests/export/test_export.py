@@ -34,7 +34,8 @@ def make_model_dir(path: Path) -> Path:
     config.save(path / artifacts.CONFIG_FILE)
     artifacts.write_json(path / artifacts.METADATA_FILE, {
         "class_names": ["a", "b", "c", "d"], "manifest_sha256": "x", "image_size": IMAGE_SIZE,
-        "embedding_size": 32, "center_crop": CENTER_CROP, "normalization": artifacts.NORMALIZATION})
+        "embedding_size": 32, "center_crop": CENTER_CROP, "normalization": artifacts.NORMALIZATION,
+        "epochs_completed": 3})
     return path
 
 
@@ -78,6 +79,7 @@ def test_every_format_is_written_with_a_model_card(exported):
     assert card["files"]["keras"]["sha256"] == export_mod._sha256_file(str(out / "model.keras"))
     assert card["files"]["onnx"]["bytes"] == (out / "model.onnx").stat().st_size
     assert card["source"]["manifest_sha256"] == "x"
+    assert card["source"]["epochs"] == 3
     assert card["embedding_size"] == 32 and card["input"]["image_size"] == IMAGE_SIZE
     assert card["input"]["center_crop"] == CENTER_CROP
     assert card["threshold"] == 0.42 and card["evaluation"]["auc"] == 0.95
