@@ -300,6 +300,32 @@ HOST_PATH_PARAMETERS = ("data_root", "train_data", "validation_data", "pairs_fil
                         "current_model_metrics")
 
 
+def _run_container_and_read_its_status(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+    """kfp.local's ``run_docker_container`` without its blind spot.
+
+    kfp 2.17.3 starts each step with ``auto_remove=True`` and, when the container is already gone by the time it
+    asks for the exit status, assumes success: a step that fails fast (validate on a missing folder) then
+    "passes" and the next step fails with a confusing error. Here the container is kept until its status is
+    read, then removed.
+    """
+    from kfp.local import docker_task_handler
+
+    image = docker_task_handler.add_latest_tag_if_not_present(image=image)
+    if any(image in (i.tags + i.attrs["RepoDigests"]) for i in client.images.list()):
+        print(f"Found image {image!r}\n")
+    else:
+        print(f"Pulling image {image!r}")
+        client.images.pull(image)
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, **run_args)
+    try:
+        for line in container.logs(stream=True):
+            print(line.decode(), end="")
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
+
+
 def docker_runner(arguments: Mapping[str, Any], pipeline_root: str):
     """A kfp.local.DockerRunner for the images of this checkout (``docker/build.sh``), on the engine at DOCKER_HOST.
 
@@ -315,6 +341,7 @@ def docker_runner(arguments: Mapping[str, Any], pipeline_root: str):
       is an error here that names the build command instead.
     """
     from kfp import local
+    from kfp.local import docker_task_handler
 
     import docker as docker_sdk
     from components.common import CPU_IMAGE, LIGHT_IMAGE
@@ -344,6 +371,7 @@ def docker_runner(arguments: Mapping[str, Any], pipeline_root: str):
         os.chown(pipeline_root, IMAGE_UID, IMAGE_GID)
     else:
         run_args.update(user=f"{os.getuid()}:{os.getgid()}", environment={"HOME": "/tmp"})
+    docker_task_handler.run_docker_container = _run_container_and_read_its_status
     return local.DockerRunner(**run_args)
 
 
