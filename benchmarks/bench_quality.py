@@ -93,11 +93,12 @@ def write_pairs(path: Path, test: dict[str, list[Path]], seed: int, max_genuine:
 
 
 def orl_as_lfw(root: Path, out: Path) -> Path:
-    """ORL names files <k>.pgm in s<N>/; LFW-format pairs need <name>/<name>_<k>.<ext>: link them so."""
+    """ORL names files <k>.pgm in s<N>/; LFW-format pairs name <name>/<name>_<k:04d>.jpg: link them so (the
+    decoder reads the PGM header, not the file name)."""
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
         (out / person.name).mkdir(parents=True, exist_ok=True)
         for f in person.iterdir():
-            (out / person.name / f"{person.name}_{int(f.stem):04d}.pgm").symlink_to(f)
+            (out / person.name / f"{person.name}_{int(f.stem):04d}.jpg").symlink_to(f)
     return out
 
 
@@ -129,7 +130,7 @@ def run(args) -> dict:
     link_tree(work / "data" / "validation", validation_split)
     pairs_root = source if args.dataset == "lfw" else orl_as_lfw(source, work / "orl_as_lfw")
     pair_counts = write_pairs(work / "pairs.txt", {
-        n: [pairs_root / n / (f.name if args.dataset == "lfw" else f"{n}_{int(f.stem):04d}.pgm") for f in files]
+        n: [pairs_root / n / (f.name if args.dataset == "lfw" else f"{n}_{int(f.stem):04d}.jpg") for f in files]
         for n, files in test_split.items()}, args.seed, args.max_genuine)
 
     if args.prepare_only:
