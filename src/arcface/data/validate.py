@@ -197,6 +197,23 @@ def _dir_key(path: bytes) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+def _named_entries(walk: _Walk, entries):
+    """(entry, shown path, name, kind) for each entry whose name is UTF-8; the others become findings."""
+    for entry in entries:
+        shown = _show(entry.path)
+        name = _decode_name(entry.name)
+        if name is None:
+            walk.files_seen += 1
+            walk.findings.append(_finding("non_utf8_name", shown, "the name is not valid UTF-8, so it cannot be "
+                                          "stored in the manifest; it is skipped"))
+            continue
+        yield entry, shown, name, _entry_kind(entry)
+
+
+def _is_system_file(name: str) -> bool:
+    return name.lower() in SYSTEM_FILES or name.startswith("._")
+
+
 def _walk_split(split: str, root: str) -> _Walk:
     walk = _Walk()
     root_b = os.fsencode(root)
@@ -206,15 +223,7 @@ def _walk_split(split: str, root: str) -> _Walk:
     except OSError as e:
         raise DataError(f"cannot list the {split} folder {root}: {e.strerror}; check that it exists and is "
                         "readable") from None
-    for entry in entries:
-        shown = _show(entry.path)
-        name = _decode_name(entry.name)
-        if name is None:
-            walk.files_seen += 1
-            walk.findings.append(_finding("non_utf8_name", shown, "the name is not valid UTF-8, so it cannot be "
-                                          "stored in the manifest; it is skipped"))
-            continue
-        kind = _entry_kind(entry)
+    for entry, shown, name, kind in _named_entries(walk, entries):
         if kind == "dir":
             if name.startswith("."):
                 walk.findings.append(_finding("hidden_folder", shown, "hidden folder skipped"))
@@ -229,7 +238,7 @@ def _walk_split(split: str, root: str) -> _Walk:
             _walk_identity(walk, split, name, entry.path, name, {key}, visited)
         elif kind == "file":
             walk.files_seen += 1
-            if name.lower() in SYSTEM_FILES or name.startswith("._"):
+            if _is_system_file(name):
                 walk.findings.append(_finding("system_file", shown, "operating-system metadata file skipped"))
             else:
                 walk.findings.append(_finding("stray_file", shown, f"file directly in the {split} root, not in "
@@ -267,15 +276,7 @@ def _walk_identity(walk: _Walk, split: str, identity: str, folder: bytes, rel: s
     except OSError as e:
         walk.findings.append(_finding("corrupt_image", _show(folder), f"cannot list the folder: {e.strerror}"))
         return
-    for entry in entries:
-        shown = _show(entry.path)
-        name = _decode_name(entry.name)
-        if name is None:
-            walk.files_seen += 1
-            walk.findings.append(_finding("non_utf8_name", shown, "the name is not valid UTF-8, so it cannot be "
-                                          "stored in the manifest; it is skipped"))
-            continue
-        kind = _entry_kind(entry)
+    for entry, shown, name, kind in _named_entries(walk, entries):
         if kind == "dir":
             key = _dir_key(entry.path)
             if key in ancestors:
@@ -292,7 +293,7 @@ def _walk_identity(walk: _Walk, split: str, identity: str, folder: bytes, rel: s
                 _walk_identity(walk, split, identity, entry.path, f"{rel}/{name}", ancestors | {key}, visited)
         elif kind == "file":
             walk.files_seen += 1
-            if name.lower() in SYSTEM_FILES or name.startswith("._"):
+            if _is_system_file(name):
                 walk.findings.append(_finding("system_file", shown, "operating-system metadata file skipped"))
             else:
                 walk.candidates.append(_Candidate(split, identity, f"{rel}/{name}", entry.path))
