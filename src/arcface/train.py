@@ -227,22 +227,31 @@ class Trainer:
                 return tf.nn.softmax_cross_entropy_with_logits(target, logits)
             return loss_fn(labels, logits)
 
+        margin_head = isinstance(head, MarginHead)
+
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
                 features = self.backbone(images, training=True)
-                if self.partial_fc:
-                    index, sampled_labels = head.sample_centers(labels)
-                    centers = tf.gather(head.centers.value, index)  # a sparse read, not all rows
-                    logits = head.logits(head.cosine(features, centers), sampled_labels)
-                    correct = tf.equal(tf.gather(index, tf.argmax(logits, -1, output_type=tf.int32)), labels)
-                    decay = weight_decay_loss(self.decayed, config.decay) + 0.5 * config.decay * tf.reduce_sum(
-                        tf.square(centers))
-                    per_example = cross_entropy(sampled_labels, logits)
+                decay = weight_decay_loss(self.decayed, config.decay)
+                targets = labels
+                if margin_head:
+                    centers = None
+                    if self.partial_fc:
+                        index, targets = head.sample_centers(labels)
+                        centers = tf.gather(head.centers.value, index)  # a sparse read, not all rows
+                        decay += 0.5 * config.decay * tf.reduce_sum(tf.square(centers))
+                    cos_theta = head.cosine(features, centers)
+                    logits = head.logits(cos_theta, targets)
+                    # Accuracy from the cosines: with the margin on the true class it stays 0 long after the
+                    # embedding has learned to rank the right identity first.
+                    predicted = tf.argmax(cos_theta, -1, output_type=tf.int32)
+                    if self.partial_fc:
+                        predicted = tf.gather(index, predicted)
                 else:
                     logits = tf.cast(head([features, labels], training=True), tf.float32)
-                    correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-                    decay = weight_decay_loss(self.decayed, config.decay)
-                    per_example = cross_entropy(labels, logits)
+                    predicted = tf.argmax(logits, -1, output_type=tf.int32)
+                correct = tf.equal(predicted, labels)
+                per_example = cross_entropy(targets, logits)
                 ce = tf.reduce_sum(per_example) / global_batch
                 loss = ce + decay / self.replicas
                 scaled = self.optimizer.scale_loss(loss) if config.mixed_precision else loss
