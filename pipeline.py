@@ -62,8 +62,8 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
 #: ``run --local`` defaults: a small model that runs the whole DAG on the bundled sample in a few minutes on a
 #: 2-core CPU. Overridden by --config, --data and --param; ``--no-preset`` runs the pipeline's own defaults.
 LOCAL_PRESET: dict[str, Any] = {
-    "backbone": "MobileFaceNet", "image_size": 64, "embedding_size": 128, "epochs": 3, "batch_size": 16,
-    "warmup_epochs": 0.0, "accuracy_threshold": 0.5,
+    "backbone": "MobileFaceNet", "image_size": 64, "embedding_size": 128, "epochs": 12, "batch_size": 16,
+    "lr": 0.05, "warmup_epochs": 1.0, "enhance": 32.0, "accuracy_threshold": 0.5,
 }
 DEFAULT_LOCAL_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "orl")
 

@@ -1,7 +1,8 @@
 """Recognition quality on real faces under a fixed CPU budget, and the margin ablation.
 
     python benchmarks/bench_quality.py --dataset lfw --out benchmarks/results/quality_lfw.json
-    python benchmarks/bench_quality.py --dataset orl --budget_minutes 4 --out benchmarks/results/quality_orl.json
+    python benchmarks/bench_quality.py --dataset orl --budget_minutes 3 --out benchmarks/results/quality_orl.json
+    python benchmarks/bench_quality.py --workdir W --pipeline_run runs/local/arcface-training-...  # vs pipeline.py
 
 Open-set protocol: identities are split so that no test identity is ever seen in training. LFW: every
 identity with 2-3 images, plus a seeded quarter of those with 4 or more, is held out; the rest (4+ images)
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ARCFACE_SHARED_FACES", REPO.parent / "shared" / "data" / "faces"))
 
 VARIANTS = {
+    "preset": {},  # the config file as it is
     "arcface": {"margin": "arcface", "penalty": 0.5, "enhance": 64.0},
     "cosface": {"margin": "cosface", "penalty": 0.35, "enhance": 64.0},
     "softmax": {"margin": "softmax"},
@@ -65,7 +67,9 @@ def link_tree(folder: Path, split: dict[str, list[Path]]) -> None:
     for name, files in split.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         for f in files:
-            (folder / name / f.name).symlink_to(f)
+            link = folder / name / f.name
+            if not (link.is_symlink() and link.readlink() == f):  # a --workdir from an earlier run is reused
+                link.symlink_to(f)
 
 
 def write_pairs(path: Path, test: dict[str, list[Path]], seed: int, max_genuine: int) -> dict:
@@ -154,6 +158,14 @@ def run(args) -> dict:
                         "test_images": sum(len(f) for f in test_split.values()), "pairs": pair_counts,
                         "identity_overlap": len(set(train_split) & set(test_split))},
               "variants": {}}
+    if args.append and args.out and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            earlier = json.load(f)
+        same = ("dataset", "seed", "budget_minutes", "split")
+        if any(earlier.get(k) != result[k] for k in same):
+            raise SystemExit(f"--append: {args.out} was measured with another {'/'.join(same)}; "
+                             "write to a new --out instead")
+        result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in args.variants.split(",")}
     for name in args.variants.split(","):
         overrides = VARIANTS[name]
         folder = str(work / "models" / name)
@@ -184,6 +196,34 @@ def run(args) -> dict:
     return result
 
 
+def compare_pipeline(workdir: Path, run_dir: Path) -> dict:
+    """The preset as trained by the benchmark (in workdir) next to the same preset run through pipeline.py."""
+    def side(metadata: Path, metrics: Path) -> dict:
+        trained = json.loads(metadata.read_text())
+        s = json.loads(metrics.read_text())["summary"]
+        return {"epochs_completed": trained["epochs_completed"], "steps": trained["steps"],
+                "stopped": trained["stopped"], "epoch_losses": [h["loss"] for h in trained["history"]],
+                "lfw_10fold_accuracy": s["verification_accuracy"], "accuracy_std": s["verification_accuracy_std"],
+                "auc": s["auc"], "eer": s["eer"], "tar_at_far_1e-2": s.get("tar_at_far_1e-02"),
+                "tar_at_far_1e-3": s.get("tar_at_far_1e-03")}
+
+    for needed in (workdir / "models" / "preset", run_dir / "train-model"):
+        if not needed.is_dir():
+            raise SystemExit(f"{needed} not found: run the preset variant with --workdir, and pass the pipeline's "
+                             "run folder (runs/local/arcface-training-...) as --pipeline_run")
+    bench = side(workdir / "models" / "preset" / "metadata.json", workdir / "eval" / "preset" / "metrics.json")
+    pipe = side(run_dir / "train-model" / "model" / "metadata.json",
+                run_dir / "evaluate-model" / "metrics" / "metrics.json")
+    shared = min(len(bench["epoch_losses"]), len(pipe["epoch_losses"]))
+    return {"benchmark": "quality_pipeline_vs_benchmark", "workdir": str(workdir), "pipeline_run": str(run_dir),
+            "benchmark_preset": bench, "pipeline_preset": pipe,
+            "epochs_compared": shared,
+            "max_epoch_loss_difference": max((abs(a - b) for a, b in zip(
+                bench["epoch_losses"][:shared], pipe["epoch_losses"][:shared], strict=True)), default=None),
+            "accuracy_difference": pipe["lfw_10fold_accuracy"] - bench["lfw_10fold_accuracy"],
+            "auc_difference": pipe["auc"] - bench["auc"]}
+
+
 def _write(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -195,18 +235,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("lfw", "orl"), default="lfw")
     parser.add_argument("--config", default=None, help="preset (default: configs/<dataset>_cpu.yaml)")
-    parser.add_argument("--variants", default="arcface,softmax,cosface,untrained")
+    parser.add_argument("--variants", default="preset,arcface,softmax,cosface,untrained")
     parser.add_argument("--budget_minutes", type=float, default=20.0)
     parser.add_argument("--max_genuine", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", help="keep the split, models and reports here (default: a temp folder)")
     parser.add_argument("--out", help="also write the JSON here (updated after each variant)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other variants already in --out (same data set, seed, budget and split)")
+    parser.add_argument("--pipeline_run", help="compare the pipeline run folder of the preset (on the split in "
+                                               "--workdir) with the benchmark's preset run there; trains nothing")
     parser.add_argument("--prepare_only", action="store_true",
                         help="only make the split and pairs file, and print the pipeline command that trains on them")
     args = parser.parse_args(argv)
     args.config = args.config or str(REPO / "configs" / f"{args.dataset}_cpu.yaml")
     logging.basicConfig(level=logging.WARNING)
-    result = run(args)
+    if args.pipeline_run:
+        if not args.workdir:
+            raise SystemExit("--pipeline_run needs the --workdir of the benchmark run it is compared with")
+        result = compare_pipeline(Path(args.workdir), Path(args.pipeline_run))
+    else:
+        result = run(args)
     print(json.dumps(result, indent=2))
     if args.out:
         _write(args.out, result)

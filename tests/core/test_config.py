@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -87,3 +88,16 @@ def test_saved_config_round_trips(tmp_path):
     c = TrainConfig(n_classes=7, lr=0.02, backbone="ResNet18", augment=False)
     c.save(tmp_path / "config.yaml")
     assert cfg.load_yaml(tmp_path / "config.yaml") == c
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_shipped_presets_load_strictly_and_validate(path):
+    config = cfg.load_yaml(path).replace(n_classes=171).validate()  # the benchmark sets n_classes
+    assert config.max_minutes > 0, "a preset is a recipe for a fixed wall-clock budget"
+
+
+def test_presets_are_shipped():
+    assert {p.name for p in PRESETS} >= {"lfw_cpu.yaml", "orl_cpu.yaml"}
