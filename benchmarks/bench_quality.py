@@ -161,6 +161,7 @@ def run(args) -> dict:
                         "test_images": sum(len(f) for f in test_split.values()), "pairs": pair_counts,
                         "identity_overlap": len(set(train_split) & set(test_split))},
               "variants": {}}
+    variants = args.variants.split(",")
     if args.append and args.out and os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
@@ -168,8 +169,8 @@ def run(args) -> dict:
         if any(earlier.get(k) != result[k] for k in same):
             raise SystemExit(f"--append: {args.out} was measured with another {'/'.join(same)}; "
                              "write to a new --out instead")
-        result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in args.variants.split(",")}
-    for name in args.variants.split(","):
+        result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
+    for name in variants:
         overrides = VARIANTS[name]
         folder = str(work / "models" / name)
         started = time.time()
@@ -186,12 +187,8 @@ def run(args) -> dict:
                        "final_loss": outcome.history[-1]["loss"] if outcome.history else None}
         metrics = evaluate(folder, manifest, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
                            pairs_root=str(pairs_root))
-        s = metrics["summary"]
-        result["variants"][name] = {
-            **trained, "wall_minutes": (time.time() - started) / 60,
-            "lfw_10fold_accuracy": s["verification_accuracy"], "accuracy_std": s["verification_accuracy_std"],
-            "auc": s["auc"], "eer": s["eer"], "tar_at_far_1e-2": s.get("tar_at_far_1e-02"),
-            "tar_at_far_1e-3": s.get("tar_at_far_1e-03"), "closed_set_top1": s["top1_accuracy"]}
+        result["variants"][name] = {**trained, "wall_minutes": (time.time() - started) / 60,
+                                    **verification_figures(metrics["summary"])}
         print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
         if args.out:  # keep what is done so far, so an interrupted run still tells something
             _write(args.out, result)
@@ -199,16 +196,21 @@ def run(args) -> dict:
     return result
 
 
+def verification_figures(summary: dict) -> dict:
+    """The figures this benchmark reports, from the evaluation step's metrics summary."""
+    return {"lfw_10fold_accuracy": summary["verification_accuracy"],
+            "accuracy_std": summary["verification_accuracy_std"], "auc": summary["auc"], "eer": summary["eer"],
+            "tar_at_far_1e-2": summary.get("tar_at_far_1e-02"), "tar_at_far_1e-3": summary.get("tar_at_far_1e-03"),
+            "closed_set_top1": summary["top1_accuracy"]}
+
+
 def compare_pipeline(workdir: Path, run_dir: Path) -> dict:
     """The preset as trained by the benchmark (in workdir) next to the same preset run through pipeline.py."""
     def side(metadata: Path, metrics: Path) -> dict:
         trained = json.loads(metadata.read_text())
-        s = json.loads(metrics.read_text())["summary"]
         return {"epochs_completed": trained["epochs_completed"], "steps": trained["steps"],
                 "stopped": trained["stopped"], "epoch_losses": [h["loss"] for h in trained["history"]],
-                "lfw_10fold_accuracy": s["verification_accuracy"], "accuracy_std": s["verification_accuracy_std"],
-                "auc": s["auc"], "eer": s["eer"], "tar_at_far_1e-2": s.get("tar_at_far_1e-02"),
-                "tar_at_far_1e-3": s.get("tar_at_far_1e-03")}
+                **verification_figures(json.loads(metrics.read_text())["summary"])}
 
     for needed in (workdir / "models" / "preset", run_dir / "train-model"):
         if not needed.is_dir():
