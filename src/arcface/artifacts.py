@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 CONFIG_FILE = "config.yaml"
@@ -58,6 +59,36 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
     os.replace(tmp, path)
+
+
+_TEMPORARY = re.compile(r"\.tmp-(\d+)")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the ``*.tmp-<pid>*`` files that a killed writer left under ``folder``; returns their paths.
+
+    The atomic writes here (temporary file, then rename) leave nothing half-written, but a process killed between
+    the two leaves its temporary behind. Files of a process that is still running are kept.
+    """
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            match = _TEMPORARY.search(name)
+            if match and not _process_alive(int(match.group(1))):
+                path = os.path.join(root, name)
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def save_keras(model, path: str | os.PathLike) -> None:

@@ -343,6 +343,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         config = self.config
         os.makedirs(os.path.join(self.save_path, artifacts.LOG_DIR), exist_ok=True)
+        for path in artifacts.remove_stale_temporaries(self.save_path):
+            log.info("removed %s, left by a run that was killed while writing it", path)
         message = self.restore_or_start()
         config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
         say = print if self.verbose else log.info

@@ -137,6 +137,18 @@ def test_partial_fc_trains(tiny_manifest, tmp_path):
     assert all(np.isfinite(h["loss"]) for h in result.history)
 
 
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "logs").mkdir()
+    stale = [tmp_path / f"metadata.json.tmp-{dead}", tmp_path / "logs" / f"training_model.tmp-{dead}.weights.h5"]
+    live = tmp_path / f"embedding_model.tmp-{os.getpid()}.keras"
+    for path in (*stale, live, tmp_path / "config.yaml"):
+        path.write_text("x")
+    assert sorted(artifacts.remove_stale_temporaries(tmp_path)) == sorted(map(str, stale))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["config.yaml", live.name]
+
+
 @pytest.mark.slow
 def test_original_command_line_both_spellings(tiny_data, tmp_path):
     common = [sys.executable, os.path.join(REPO, "train.py"), "--backbone=TinyFaceNet", "--image_size", "48",
