@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Any
+
+from arcface import atomic
 
 CONFIG_FILE = "config.yaml"
 METADATA_FILE = "metadata.json"
@@ -52,51 +53,15 @@ class TrainedModel:
         return list(self.metadata.get("class_names", []))
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-_TEMPORARY = re.compile(r"\.tmp-(\d+)")
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Delete the ``*.tmp-<pid>*`` files that a killed writer left under ``folder``; returns their paths.
-
-    The atomic writes here (temporary file, then rename) leave nothing half-written, but a process killed between
-    the two leaves its temporary behind. Files of a process that is still running are kept.
-    """
-    removed = []
-    for root, _, files in os.walk(folder):
-        for name in files:
-            match = _TEMPORARY.search(name)
-            if match and not _process_alive(int(match.group(1))):
-                path = os.path.join(root, name)
-                os.remove(path)
-                removed.append(path)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+# The atomic writer is the one every step output uses; re-exported here for the model folder's writers.
+write_json = atomic.write_json
+remove_stale_temporaries = atomic.remove_stale_temporaries
 
 
 def save_keras(model, path: str | os.PathLike) -> None:
-    """Save a .keras file atomically (Keras insists on the suffix, so the temporary name keeps it)."""
-    path = str(path)
-    tmp = path[: -len(".keras")] + f".tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Save a .keras file atomically."""
+    with atomic.replacing(path) as tmp:
+        model.save(tmp)
 
 
 def load_keras(path: str | os.PathLike):

@@ -108,14 +108,9 @@ class TrainConfig:
 
         text = (json.dumps(self.to_dict(), indent=2) if str(path).endswith(".json")
                 else yaml.safe_dump(self.to_dict(), sort_keys=False))
-        _atomic_write(path, text)
+        from arcface import atomic
 
-
-def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        atomic.write_text(path, text)
 
 
 def fields() -> tuple[dataclasses.Field, ...]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from arcface import artifacts
+from arcface import artifacts, atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".pgm", ".ppm")
 OUTPUT_FORMATS = ("npy", "csv", "jsonl")
@@ -214,20 +214,20 @@ def write_embeddings(output: str, paths: Sequence[str], embeddings: np.ndarray, 
     """npy: the [N, D] array; csv: path then D columns; jsonl: {"path", "embedding"} per line. Atomic."""
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{output}.tmp-{os.getpid()}"
-    if fmt == "npy":
-        with open(tmp, "wb") as f:
-            np.save(f, embeddings)
-    elif fmt == "csv":
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", *(f"e{i}" for i in range(embeddings.shape[1]))])
-            writer.writerows([path, *map(repr, map(float, row))] for path, row in zip(paths, embeddings, strict=True))
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for path, row in zip(paths, embeddings, strict=True):
-                f.write(json.dumps({"path": path, "embedding": [float(v) for v in row]}) + "\n")
-    os.replace(tmp, output)
+    with atomic.replacing(output) as tmp:
+        if fmt == "npy":
+            with open(tmp, "wb") as f:
+                np.save(f, embeddings)
+        elif fmt == "csv":
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", *(f"e{i}" for i in range(embeddings.shape[1]))])
+                writer.writerows([path, *map(repr, map(float, row))]
+                                 for path, row in zip(paths, embeddings, strict=True))
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for path, row in zip(paths, embeddings, strict=True):
+                    f.write(json.dumps({"path": path, "embedding": [float(v) for v in row]}) + "\n")
 
 
 def embed_command(model: str, images: Sequence[str], output: str, fmt: str | None = None) -> int:

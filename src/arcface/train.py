@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from arcface import __version__, artifacts
+from arcface import __version__, artifacts, atomic
 from arcface.config import TrainConfig
 from arcface.models import MarginHead, build_models
 
@@ -309,9 +309,8 @@ class Trainer:
     def save_weights_h5(self) -> None:
         """The original tool left .h5 weights in save_path; --use_param_folder reads them back."""
         path = os.path.join(self.save_path, "training_model.weights.h5")
-        tmp = os.path.join(self.save_path, f"training_model.tmp-{os.getpid()}.weights.h5")
-        self.training_model.save_weights(tmp)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            self.training_model.save_weights(tmp)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def restore_or_start(self) -> str:

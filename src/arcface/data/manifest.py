@@ -98,14 +98,14 @@ class Manifest:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write through a temporary file and a rename, so a reader never sees half a manifest."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        from arcface import atomic
+
+        with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             # One row per line: readable, and a diff of two manifests shows the files that changed.
             f.write(f'{{"version": {self.version},\n "roots": {json.dumps(self.roots, sort_keys=True)},\n '
                     f'"class_names": {json.dumps(self.class_names)},\n "rows": [\n')
             f.write(",\n".join("  " + json.dumps(r.to_dict(), ensure_ascii=False) for r in self.rows))
             f.write("\n ]}\n")
-        os.replace(tmp, path)
 
     # --- identity ---------------------------------------------------------------------------------------
     @property

@@ -627,22 +627,15 @@ def render_markdown(report: dict[str, Any], max_per_code: int = 20) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(result: ValidationResult, output_dir: str) -> dict[str, str]:
     """Write manifest.json, report.json and report.md into output_dir; return their paths."""
-    from arcface.artifacts import write_json
+    from arcface.atomic import write_json, write_text
 
     os.makedirs(output_dir, exist_ok=True)
     paths = {name: os.path.join(output_dir, name) for name in (MANIFEST_FILE, REPORT_FILE, REPORT_MD_FILE)}
     result.manifest.write(paths[MANIFEST_FILE])
     write_json(paths[REPORT_FILE], result.report)
-    _atomic_text(paths[REPORT_MD_FILE], render_markdown(result.report))
+    write_text(paths[REPORT_MD_FILE], render_markdown(result.report))
     return paths
 
 

@@ -413,7 +413,7 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         plus ``roc`` ({fpr, tpr, thresholds}, <= 200 points, for ``log_roc_curve``) and
         ``confusion_matrix`` ({categories, matrix, ...}, <= 50 classes, for ``log_confusion_matrix``).
     """
-    from arcface.artifacts import write_json
+    from arcface.atomic import write_json
     from arcface.evaluation.report import write_report
 
     trained, manifest = _load(model, manifest)

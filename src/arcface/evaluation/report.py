@@ -232,7 +232,6 @@ def render_report(metrics: dict[str, Any], *, scores, is_same, far, tar) -> str:
 def write_report(path: str | os.PathLike, metrics: dict[str, Any], *, scores, is_same, far, tar) -> None:
     """Write :func:`render_report` through a temporary file and a rename."""
     text = render_report(metrics, scores=scores, is_same=is_same, far=far, tar=tar)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from arcface import atomic
+
+    atomic.write_text(path, text)
