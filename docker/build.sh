@@ -107,8 +107,8 @@ build_own_wheel() {
 
 # ---- 2. the dependency wheels (cached by a hash of what is asked for) ----
 requires_of_own_wheel() {
-  # The wheel's Requires-Dist, one per line, markers kept (pip evaluates them). With an argument EXTRA,
-  # requirements of that extra become plain ones and those of other extras are dropped.
+  # The wheel's Requires-Dist, one per line, markers kept (pip evaluates them). Requirements of extras are
+  # dropped, except those of the extra named by an argument, which become plain ones.
   "$PYTHON" - "$OWN_WHEEL" "${1:-}" <<'PY'
 import email.parser, re, sys, zipfile
 wheel, extra = sys.argv[1], sys.argv[2]
@@ -116,9 +116,6 @@ with zipfile.ZipFile(wheel) as z:
     meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
     msg = email.parser.Parser().parsestr(z.read(meta).decode())
 for req in msg.get_all("Requires-Dist") or []:
-    if not extra:
-        print(req)
-        continue
     spec, _, marker = req.partition(";")
     found = re.search(r"""extra\s*==\s*['"]([^'"]+)['"]""", marker)
     if found is None:
@@ -142,8 +139,8 @@ fetch_wheels() {
   log "downloading wheels into $wheel_dir (pip wheel: sdist-only packages are built into wheels here)"
   local start=$SECONDS
   # Host and images are both CPython 3.11 / glibc x86_64 (Debian bookworm), so the host's pip picks
-  # the right wheels. [export] pulls tf2onnx/onnx/onnxruntime for the CPU image.
-  quiet_pip wheel -q -w "$wheel_dir" "${OWN_WHEEL}[export]" "${PINS[@]}" "${BUILD_REQS[@]}" "${VALIDATE_REQS[@]}" >&2
+  # the right wheels.
+  quiet_pip wheel -q -w "$wheel_dir" "${OWN_WHEEL}" "${PINS[@]}" "${BUILD_REQS[@]}" "${VALIDATE_REQS[@]}" >&2
   rm -f "$wheel_dir"/arcface_kfp-*.whl
   echo "$key" >"$wheel_dir/.complete"
   log "wheels downloaded in $((SECONDS - start)) s: $(du -sh "$wheel_dir" | cut -f1)"
@@ -172,8 +169,8 @@ write_requirements() {
   local flavor=$1 out=$2
   case $flavor in
     cpu)
-      # The wheel's own requirements with the [export] extra switched on, plus the top-level pins.
-      { requires_of_own_wheel export; printf '%s\n' "${PINS[@]}"; } >"$out" ;;
+      # The wheel's own requirements, plus the top-level pins.
+      { requires_of_own_wheel; printf '%s\n' "${PINS[@]}"; } >"$out" ;;
     gpu)
       # As cpu, minus TensorFlow itself (the GPU base brings it).
       write_requirements cpu "$out.tmp"

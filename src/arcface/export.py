@@ -58,7 +58,7 @@ FLOAT32_MAX_ABS_DIFF = 1e-4
 QUANTIZED_MIN_COSINE = 0.999
 MAX_CHECK_IMAGES = 32  # enough to catch a wrong graph; more only makes the export slower
 SYNTHETIC_CHECK_IMAGES = 8
-EXPORT_EXTRA = 'pip install "arcface-kfp[export]"'
+EXPORT_EXTRA = "pip install tf2onnx onnx onnxruntime"  # part of a normal install; missing only if removed
 
 
 class ExportError(RuntimeError):

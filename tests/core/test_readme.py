@@ -1,27 +1,28 @@
-"""The README opens with the two set-up commands, and CI runs the second one."""
+"""The README opens with the two set-up commands, and CI runs both as the README writes them."""
 
 from __future__ import annotations
 
-import re
-
+from tests import readme
 from tests.conftest import REPO
 
 
-def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    first_block = re.search(r"```bash\n(.*?)```", text, re.S)
-    assert first_block and text.index(first_block.group(0)) < text.index("\n## "), "the commands come first"
-    return [line for line in first_block.group(1).splitlines() if line.strip()]
-
-
 def test_readme_opens_with_main_job_and_tests():
-    main_job, tests = readme_commands()
-    assert main_job.startswith("pip install -e . && python pipeline.py run --local")
-    assert tests.startswith('pip install -e ".[test]" && python -m pytest')
+    main_job, tests = readme.setup_commands()
+    assert main_job == "pip install -e . && python pipeline.py run --local"
+    assert tests == 'pip install -e ".[test]" && python -m pytest'
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_both_commands_read_from_the_readme():
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    test_command = readme_commands()[1].split("&&")[-1].strip().replace("python ", "python3 ")
-    assert test_command in ci
-    assert 'pip install --quiet -e ".[test]"' in ci
+    # Read, not copied: a README edit changes what CI runs.
+    assert "$(python3 -m tests.readme main)" in ci and "$(python3 -m tests.readme tests)" in ci
+    assert 'python3 -m venv "$newcomer/venv"' in ci and "git clone" in ci
+    # The newcomer's command runs before anything installs the test extra.
+    assert ci.index("tests.readme main") < ci.index("tests.readme tests")
+    assert "pip install" not in ci.split("tests.readme main")[0]
+
+
+def test_every_tested_block_is_a_bash_block():
+    blocks = readme.tested_blocks()
+    assert blocks, f"the README marks no block with {readme.TESTED_MARKER}"
+    assert all(block.strip() for block in blocks)

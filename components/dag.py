@@ -1,0 +1,254 @@
+"""The pipeline's DAG: its parameters (generated from the config), its steps, and their cluster placement.
+
+validate -> train -> evaluate -> quality gate -> (dsl.If) export. Every field of
+:class:`arcface.config.TrainConfig` is a pipeline parameter with the same name, type and default (the signature is
+generated from ``arcface.config.fields()``, so a new flag is a new parameter), plus the few that only the pipeline
+has (:data:`PIPELINE_PARAMETERS`: data_root, pairs, the quality gate, export).
+
+Nothing here imports TensorFlow: the component bodies import the library inside their containers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kfp import compiler, dsl
+
+from arcface import config as cfg
+from components.common import GPU_IMAGE
+from components.evaluate import evaluate_model, quality_gate
+from components.export import export_model
+from components.train import train_model
+from components.validate import validate_data
+
+PIPELINE_NAME = "arcface-training"
+PIPELINE_DESCRIPTION = ("ArcFace face recognition: validate the face folders, train, evaluate verification "
+                        "accuracy, and export the model when it passes the quality gate.")
+
+#: Parameters of the pipeline that are not training flags: name -> (type, default, help).
+PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
+    "data_root": (str, "", "folder holding train/ and validation/ (e.g. on a mounted PVC); when set it "
+                           "replaces train_data and validation_data"),
+    "pairs_file": (str, "", "LFW-format pairs file for verification; empty: pairs drawn from the validation "
+                            "identities"),
+    "pairs_root": (str, "", "image folder of pairs_file; empty: the pairs file's folder"),
+    "accuracy_threshold": (float, 0.9, "quality gate: export only when the verification accuracy is at least "
+                                       "this"),
+    "current_model_metrics": (str, "", "the production model's metrics.json (path or JSON text) or accuracy; "
+                                       "export only when the new model is better. Empty: no production model"),
+    "export_formats": (str, "saved_model,keras,tflite,onnx", "comma-separated export formats"),
+    "quantize": (str, "none", "none, float16 or dynamic (adds a quantized TFLite file)"),
+}
+
+#: ``run --local`` defaults: a small model that runs the whole DAG on the bundled sample in a few minutes on a
+
+
+# Step settings. Caching is off everywhere: validate and the gate read things their cache key cannot see (the
+# images under data_root, the file named by current_model_metrics), training must never be skipped, and
+# evaluate/export consume the fresh model of this run, so a cache hit is impossible for them anyway.
+CACHING = {"validate": False, "train": False, "evaluate": False, "gate": False, "export": False}
+# (cpu request, cpu limit, memory request, memory limit)
+RESOURCES = {
+    "validate": ("1", "4", "1Gi", "4Gi"),
+    "train": ("4", "8", "8Gi", "16Gi"),
+    "evaluate": ("2", "4", "4Gi", "8Gi"),
+    "gate": ("100m", "500m", "128Mi", "256Mi"),
+    "export": ("2", "4", "4Gi", "8Gi"),
+}
+# Transient failures only (node preemption, a volume or object store that hiccups): (retries, first backoff).
+# Training retries once: with resume on, a retried pod continues from the last checkpoint when the artifact
+# store is a persistent mount, and a genuine bug fails again quickly anyway.
+RETRIES = {"validate": (2, "30s"), "train": (1, "120s"), "evaluate": (2, "30s"), "gate": (2, "10s"),
+           "export": (2, "30s")}
+BACKOFF_FACTOR = 2.0
+BACKOFF_MAX = "3600s"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compile-time options (GPU, node placement, data volume)
+# ---------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Toleration:
+    key: str
+    effect: str = "NoSchedule"
+    value: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Toleration:
+        """``KEY[=VALUE][:EFFECT]``, e.g. ``nvidia.com/gpu:NoSchedule`` or ``pool=gpu:NoExecute``."""
+        body, _, effect = text.partition(":")
+        key, _, value = body.partition("=")
+        if not key:
+            raise ValueError(f"--toleration {text!r}: expected KEY[=VALUE][:EFFECT]")
+        effect = effect or "NoSchedule"
+        if effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ValueError(f"--toleration {text!r}: effect must be NoSchedule, PreferNoSchedule or NoExecute")
+        return cls(key=key, effect=effect, value=value or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployOptions:
+    """How the compiled pipeline is placed on a cluster; the defaults compile a plain CPU pipeline.
+
+    gpu_type/gpu_count, node_selector and tolerations apply to the train step (the one that needs a GPU node);
+    the PVC is mounted in every step, since the manifest names images under data_root.
+    """
+
+    gpu_type: str | None = None
+    gpu_count: int = 1
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    pvc_name: str | None = None
+    pvc_mount_path: str = "/data"
+    #: False for local runs: kfp.local honours retry policies, and a deterministic failure would be retried
+    #: with minutes of backoff.
+    retries: bool = True
+
+
+def _configure(task, step: str, options: DeployOptions, display_name: str):
+    cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES[step]
+    retries, backoff = RETRIES[step]
+    task.set_display_name(display_name)
+    task.set_caching_options(CACHING[step])
+    task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+    task.set_memory_request(memory_request).set_memory_limit(memory_limit)
+    if options.retries:
+        task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=BACKOFF_FACTOR,
+                       backoff_max_duration=BACKOFF_MAX)
+    if options.pvc_name:
+        from kfp import kubernetes
+
+        kubernetes.mount_pvc(task, pvc_name=options.pvc_name, mount_path=options.pvc_mount_path)
+    return task
+
+
+def _place_training(task, options: DeployOptions) -> None:
+    if options.gpu_type:
+        task.set_accelerator_type(options.gpu_type).set_accelerator_limit(options.gpu_count)
+        task.set_container_image(GPU_IMAGE)
+    if options.node_selector or options.tolerations:
+        from kfp import kubernetes
+
+        for key, value in options.node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for t in options.tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator="Equal" if t.value else "Exists", value=t.value,
+                                      effect=t.effect)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline: its signature is generated from the config fields
+# ---------------------------------------------------------------------------------------------------------
+def pipeline_parameters() -> list[inspect.Parameter]:
+    """Every pipeline parameter: the TrainConfig fields (same name, type, default), then PIPELINE_PARAMETERS."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(f.name, kind, default=f.default, annotation=cfg.field_type(f)) for f in cfg.fields()]
+    clash = {p.name for p in params} & set(PIPELINE_PARAMETERS)
+    if clash:
+        raise RuntimeError(f"pipeline parameters {sorted(clash)} are also TrainConfig fields; rename them")
+    params += [inspect.Parameter(name, kind, default=default, annotation=kind_)
+               for name, (kind_, default, _) in PIPELINE_PARAMETERS.items()]
+    return params
+
+
+def _parameter_help() -> dict[str, str]:
+    helps = {f.name: f.metadata["help"] for f in cfg.fields()}
+    helps["save_path"] += " (ignored in the pipeline: the model is written to the train step's Model artifact)"
+    helps.update({name: text for name, (_, _, text) in PIPELINE_PARAMETERS.items()})
+    return helps
+
+
+def build_pipeline(options: DeployOptions | None = None):
+    """The pipeline (a KFP GraphComponent) for the given cluster placement."""
+    options = options or DeployOptions()
+    params = pipeline_parameters()
+    names = [p.name for p in params]
+    field_names = [f.name for f in cfg.fields()]
+
+    def arcface_pipeline(*args):
+        p = dict(zip(names, args, strict=True))
+        validate = _configure(validate_data(config={name: p[name] for name in field_names},
+                                            data_root=p["data_root"]),
+                              "validate", options, "validate data and config")
+        train = _configure(train_model(config=validate.outputs["config"], manifest=validate.outputs["manifest"]),
+                           "train", options, "train")
+        _place_training(train, options)
+        evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=validate.outputs["manifest"],
+                                             pairs_file=p["pairs_file"], pairs_root=p["pairs_root"],
+                                             seed=p["seed"]),
+                              "evaluate", options, "evaluate")
+        gate = _configure(quality_gate(accuracy=evaluate.outputs["verification_accuracy"],
+                                       accuracy_threshold=p["accuracy_threshold"],
+                                       current_model_metrics=p["current_model_metrics"]),
+                          "gate", options, "quality gate")
+        with dsl.If(gate.output == True, name="quality-gate-passed"):  # noqa: E712 - a KFP condition
+            _configure(export_model(model=train.outputs["model"], evaluation=evaluate.outputs["metrics"],
+                                    manifest=validate.outputs["manifest"], formats=p["export_formats"], quantize=p["quantize"]),
+                       "export", options, "export")
+
+    helps = _parameter_help()
+    arcface_pipeline.__signature__ = inspect.Signature(params)
+    arcface_pipeline.__annotations__ = {p.name: p.annotation for p in params}
+    arcface_pipeline.__doc__ = PIPELINE_DESCRIPTION + "\n\nArgs:\n" + "".join(
+        f"    {name}: {helps[name]}\n" for name in names)
+    return dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)(arcface_pipeline)
+
+
+def compile_pipeline(output: str, options: DeployOptions | None = None) -> str:
+    compiler.Compiler().compile(build_pipeline(options), output)
+    return output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameter values from the command line
+# ---------------------------------------------------------------------------------------------------------
+def parameter_types() -> dict[str, type]:
+    return {p.name: p.annotation for p in pipeline_parameters()}
+
+
+def coerce_parameter(name: str, value: Any) -> Any:
+    """A command-line value as the parameter's type; unknown names and bad values name the fix."""
+    types = parameter_types()
+    if name not in types:
+        near = difflib.get_close_matches(name, types, n=1)
+        raise ValueError(f"unknown pipeline parameter {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; known: {', '.join(types)}")
+    if name in {f.name for f in cfg.fields()}:
+        return cfg.from_dict({name: value}).to_dict()[name]  # the flags' own coercion and messages
+    try:
+        return types[name](value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {types[name].__name__}, got {value!r}") from None
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=3", "backbone=TinyFaceNet"]`` -> typed values."""
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
+        values[name.strip()] = coerce_parameter(name.strip(), value)
+    return values
+
+
+def config_file_params(path: str) -> dict[str, Any]:
+    """The keys of a TrainConfig YAML file (strict: unknown keys and bad values are errors)."""
+    import yaml
+
+    loaded = cfg.load_yaml(path)  # raises ConfigError naming the key
+    with open(path, encoding="utf-8") as f:
+        keys = list(yaml.safe_load(f) or {})
+    return {key: getattr(loaded, key) for key in keys}
+
+
+def check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Validate the TrainConfig part before anything reaches a cluster (the validate step checks it again)."""
+    fields = {f.name for f in cfg.fields()}
+    cfg.from_dict({k: v for k, v in arguments.items() if k in fields}).validate()
+
+

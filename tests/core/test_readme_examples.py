@@ -1,0 +1,128 @@
+"""The README's commands run, as written, against the files the README's first command produced.
+
+In CI (``.ci/run``) the first command ran in a fresh clone with a brand-new venv holding only the base install
+(``ARCFACE_NEWCOMER_CLONE`` / ``ARCFACE_NEWCOMER_VENV``), and the examples run there, in that venv: a README
+command that needs the test extra fails here. Elsewhere the fixture copies this checkout and runs the first
+command's pipeline in it with this interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests import readme
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+#: Where the README's examples write; the test points it at a temporary folder.
+README_SCRATCH = "/tmp/arcface"
+
+
+def _environment(bin_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    if os.environ.get("PYTHONPATH") and not os.environ.get("ARCFACE_NEWCOMER_VENV"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # a developer's worktree override stays in force
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+@pytest.fixture(scope="module")
+def newcomer(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(checkout, environment) in which the README's first command has run."""
+    clone, venv = os.environ.get("ARCFACE_NEWCOMER_CLONE"), os.environ.get("ARCFACE_NEWCOMER_VENV")
+    if clone and venv:
+        return Path(clone), _environment(Path(venv) / "bin")
+    checkout = tmp_path_factory.mktemp("checkout")
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, checkout / name)
+    env = _environment(Path(sys.executable).parent)
+    run_command = readme.setup_commands()[0].split("&&")[-1].strip()  # the install half is this environment
+    subprocess.run(run_command, shell=True, cwd=checkout, env=env, check=True, timeout=1800)
+    return checkout, env
+
+
+@pytest.fixture(scope="module")
+def examples_ran(newcomer, tmp_path_factory) -> tuple[Path, Path, str]:
+    """Run every tested README block as one bash script; (checkout, scratch folder, its output)."""
+    checkout, env = newcomer
+    scratch = tmp_path_factory.mktemp("scratch")
+    script = "\n".join(readme.tested_blocks()).replace(README_SCRATCH, str(scratch))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=checkout, env=env, capture_output=True,
+                          text=True, timeout=2400)
+    assert done.returncode == 0, f"README examples failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return checkout, scratch, done.stdout
+
+
+def test_first_command_exported_every_default_format(newcomer):
+    checkout, _ = newcomer
+    (run_dir,) = sorted((checkout / "runs" / "local").glob("arcface-training-*"))[:1] or [None]
+    assert run_dir is not None, "the first command wrote no run folder under runs/local"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    card = json.loads((Path(summary["exported"]) / "model_card.json").read_text())
+    assert set(card["formats"]) == {"saved_model", "keras", "tflite", "onnx"}
+    assert (run_dir / "run.log").stat().st_size > 0  # the step logs are kept, not thrown away
+
+
+def test_validate_example_writes_a_manifest_of_the_sample(examples_ran):
+    checkout, scratch, _ = examples_ran
+    manifest = json.loads((scratch / "validated" / "manifest.json").read_text())
+    identities = sorted(p.name for p in (checkout / "sample" / "orl" / "train").iterdir())
+    assert manifest["class_names"] == identities
+    assert len(manifest["rows"]) == sum(1 for _ in (checkout / "sample" / "orl").glob("*/*/*.*"))
+
+
+def test_original_train_command_trains_with_the_original_flags(examples_ran):
+    _, scratch, _ = examples_ran
+    params = scratch / "params"
+    config = yaml.safe_load((params / "config.yaml").read_text())
+    assert (config["backbone"], config["enhance"], config["penalty"], config["batch_size"]) == ("ResNet50", 65.0,
+                                                                                             0.5, 10)
+    metadata = json.loads((params / "metadata.json").read_text())
+    assert len(metadata["history"]) == 1 and (params / "embedding_model.keras").is_file()
+
+
+def test_evaluate_and_export_examples(examples_ran):
+    _, scratch, _ = examples_ran
+    metrics = json.loads((scratch / "evaluation" / "metrics.json").read_text())["summary"]
+    assert 0.5 <= metrics["verification_accuracy"] <= 1.0 and 0.0 <= metrics["eer"] <= 0.5
+    card = json.loads((scratch / "exported" / "model_card.json").read_text())
+    assert set(card["formats"]) >= {"saved_model", "tflite", "onnx"}
+
+
+def test_embed_example_writes_unit_embeddings_of_each_image(examples_ran):
+    checkout, scratch, _ = examples_ran
+    embeddings = np.load(scratch / "s1.npy")
+    images = list((checkout / "sample" / "orl" / "validation" / "s1").iterdir())
+    assert embeddings.shape == (len(images), 128)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_compare_and_search_examples_answer(examples_ran):
+    _, _, output = examples_ran
+    assert "similarity: " in output and ("same (threshold" in output or "different (threshold" in output)
+    ranked = [line.split() for line in output.splitlines() if line[:3].strip().isdigit()]
+    assert [int(rank) for rank, *_ in ranked[:3]] == [1, 2, 3]
+
+
+def test_compile_and_second_local_run_examples(examples_ran):
+    checkout, scratch, _ = examples_ran
+    spec = yaml.safe_load((scratch / "arcface_pipeline.yaml").read_text())
+    assert spec["pipelineInfo"]["name"] == "arcface-training"
+    runs = sorted((checkout / "runs" / "orl").glob("arcface-training-*"))
+    assert runs, "the run --local --config example wrote no run"
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    assert summary["metrics"]["genuine_pairs"] > 0
