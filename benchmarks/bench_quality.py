@@ -206,11 +206,13 @@ def verification_figures(summary: dict) -> dict:
 
 def compare_pipeline(workdir: Path, run_dir: Path) -> dict:
     """The preset as trained by the benchmark (in workdir) next to the same preset run through pipeline.py."""
+    from arcface.contracts import EvaluationDir
+
     def side(metadata: Path, metrics: Path) -> dict:
         trained = json.loads(metadata.read_text())
         return {"epochs_completed": trained["epochs_completed"], "steps": trained["steps"],
                 "stopped": trained["stopped"], "epoch_losses": [h["loss"] for h in trained["history"]],
-                **verification_figures(json.loads(metrics.read_text())["summary"])}
+                **verification_figures(EvaluationDir.read(metrics).to_dict())}
 
     for needed in (workdir / "models" / "preset", run_dir / "train-model"):
         if not needed.is_dir():

@@ -1,7 +1,8 @@
-"""What the component definitions share: image tags, file names inside artifacts, and test fakes.
+"""What the component definitions share: the image tags.
 
 Only the component *definitions* import this module (at compile time). The component bodies run inside
-the images, where only the ``arcface`` library is installed, so a body never imports ``components``.
+the images, where only the ``arcface`` library is installed, so a body never imports ``components``. The
+files inside each artifact are defined by ``arcface.contracts``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,3 @@ CPU_IMAGE = images.cpu_image()
 LIGHT_IMAGE = images.validate_image()
 #: Training on a GPU node (``pipeline.py compile --gpu nvidia.com/gpu``) swaps the train step to this image.
 GPU_IMAGE = images.gpu_image()
-
-#: Files inside the folder-shaped artifacts (written by the library, read by the next step).
-MANIFEST_FILE = "manifest.json"  # Dataset artifact of validate: also report.json, report.md
-EVALUATION_FILE = "metrics.json"  # Metrics artifact of evaluate (a folder): also report.html

@@ -1,82 +1,169 @@
-"""evaluate_model and quality_gate: Python functions with fake artifacts, then through kfp.local."""
+"""evaluate_model and quality_gate: Python functions with real artifacts, then through kfp.local."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 from kfp import dsl, local
 
+from arcface.contracts import BEST_THRESHOLD, KFOLD_MEAN, ContractError, EvaluationDir, EvaluationSummary
 from components.evaluate import evaluate_model, quality_gate
-from components.train.test_train import tiny_model
+from components.train.test_train import SAMPLE, tiny_model
 
 
-# -- the quality gate (pure Python: fast) -----------------------------------------------------------------
-@pytest.mark.parametrize("accuracy, threshold, current, expected", [
-    (0.95, 0.9, "", True),
-    (0.85, 0.9, "", False),
-    (0.95, 1.01, "", False),
-    (0.0, 0.0, "", True),
-    (0.95, 0.9, "0.97", False),
-    (0.98, 0.9, "0.97", True),
-    (0.97, 0.9, "0.97", False),  # equal is not better
-    (0.98, 0.9, '{"summary": {"verification_accuracy": 0.99}}', False),
-    (0.98, 0.9, '{"verification_accuracy": 0.5}', True),
-    (math.nan, 0.0, "", False),
-])
-def test_gate_decision(accuracy, threshold, current, expected):
-    assert quality_gate.python_func(accuracy=accuracy, accuracy_threshold=threshold,
-                                    current_model_metrics=current) is expected
+def evaluation_folder(folder: Path, accuracy: float, kind: str = KFOLD_MEAN) -> Path:
+    """An evaluate step's output folder, written through the contract."""
+    EvaluationDir.write(folder, EvaluationSummary(
+        verification_accuracy=accuracy, verification_accuracy_kind=kind, threshold=0.3, auc=0.9, eer=0.1,
+        genuine_pairs=300, impostor_pairs=300, flip_tta=True))
+    return folder
 
 
-def test_gate_reads_a_metrics_file_or_its_folder(tmp_path, capsys):
-    (tmp_path / "metrics.json").write_text(json.dumps({"verification": {"accuracy_mean": 0.9}}))
-    assert quality_gate.python_func(accuracy=0.93, accuracy_threshold=0.5,
-                                    current_model_metrics=str(tmp_path / "metrics.json")) is True
-    assert quality_gate.python_func(accuracy=0.89, accuracy_threshold=0.5,
-                                    current_model_metrics=str(tmp_path)) is False
-    assert "not better than the current model's 0.9000" in capsys.readouterr().out
+def gate(tmp_path: Path, accuracy: float, threshold: float, current: str) -> bool:
+    candidate = evaluation_folder(tmp_path / "candidate", accuracy)
+    return quality_gate.python_func(evaluation=dsl.Metrics(name="metrics", uri=str(candidate)),
+                                    accuracy_threshold=threshold, current_model_metrics=current)
+
+
+# -- the quality gate (no TensorFlow: fast) ----------------------------------------------------------------
+@pytest.mark.parametrize("accuracy, threshold, expected", [(0.95, 0.9, True), (0.85, 0.9, False),
+                                                           (0.95, 1.01, False), (0.0, 0.0, True)])
+def test_gate_without_a_current_model(tmp_path, accuracy, threshold, expected):
+    assert gate(tmp_path, accuracy, threshold, "") is expected
+    assert gate(tmp_path, accuracy, threshold, "  ") is expected  # blank is no current model too
+
+
+def test_gate_reads_the_current_models_metrics_file_or_its_folder(tmp_path, capsys):
+    current = evaluation_folder(tmp_path / "production", 0.9)
+    assert gate(tmp_path, 0.93, 0.5, str(current / "metrics.json")) is True
+    assert "better than the current model's k-fold accuracy 0.9000" in capsys.readouterr().out
+    assert gate(tmp_path, 0.89, 0.5, str(current)) is False
+    assert gate(tmp_path, 0.90, 0.5, str(current)) is False  # equal is not better
+    out = capsys.readouterr().out
+    assert "quality gate: skip export: k-fold accuracy 0.9000 of the new model is not better" in out
+
+
+def test_gate_never_exports_a_nan_accuracy(tmp_path, capsys):
+    # evaluate never writes NaN (it refuses it), but a hand-made or damaged file must not pass the gate.
+    assert gate(tmp_path, math.nan, 0.0, "") is False
+    assert "accuracy is nan; nothing is exported" in capsys.readouterr().out
 
 
 def test_gate_refuses_what_it_cannot_read(tmp_path):
-    with pytest.raises(ValueError, match="not a number, JSON, or an existing metrics.json"):
-        quality_gate.python_func(accuracy=0.9, accuracy_threshold=0.5, current_model_metrics="/no/such.json")
-    with pytest.raises(ValueError, match="holds no verification accuracy"):
-        quality_gate.python_func(accuracy=0.9, accuracy_threshold=0.5, current_model_metrics='{"auc": 0.9}')
+    with pytest.raises(ContractError, match="/no/such.json does not exist; pass the output folder of the evaluate"):
+        gate(tmp_path, 0.9, 0.5, "/no/such.json")
+    with pytest.raises(ContractError, match="does not exist"):  # a bare number is not an evaluation
+        gate(tmp_path, 0.9, 0.5, "0.97")
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "metrics.json").write_text(json.dumps({"summary": {"verification_accuracy": 0.9}}))
+    with pytest.raises(ContractError, match="has no schema_version.*re-run the evaluate step"):
+        gate(tmp_path, 0.9, 0.5, str(stale))
 
 
-def test_gate_through_the_local_runner(tmp_path):
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
-    assert quality_gate(accuracy=0.8, accuracy_threshold=0.9, current_model_metrics="").output is False
-    assert quality_gate(accuracy=0.95, accuracy_threshold=0.9, current_model_metrics="0.9").output is True
+def gate_output(run_root: Path) -> bool:
+    (run_dir,) = [p for p in run_root.iterdir() if p.is_dir()]
+    return json.loads((run_dir / "quality-gate" / "executor_output.json").read_text())["parameterValues"]["Output"]
+
+
+@pytest.mark.parametrize("current_accuracy, expected", [(None, True), (0.97, False), (0.9, True)])
+def test_gate_through_the_local_runner(tmp_path, current_accuracy, expected):
+    candidate = evaluation_folder(tmp_path / "candidate", 0.95)
+    current = "" if current_accuracy is None else str(evaluation_folder(tmp_path / "production", current_accuracy))
+
+    @dsl.pipeline(name="gate-only")
+    def gate_only():
+        evaluation = dsl.importer(artifact_uri=str(candidate), artifact_class=dsl.Metrics)
+        quality_gate(evaluation=evaluation.output, accuracy_threshold=0.9, current_model_metrics=current)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    gate_only()
+    assert gate_output(tmp_path / "root") is expected
 
 
 # -- evaluate (TensorFlow: slow) ---------------------------------------------------------------------------
+IDENTITIES = [f"s{k}" for k in range(1, 11)]
+
+
+def lfw_pairs(folder: Path) -> tuple[Path, Path]:
+    """All ten sample identities laid out as LFW names them, with 20 genuine and 20 impostor pairs.
+
+    Enough of each for the 10 folds, so the k-fold accuracy (not the best-threshold fallback) is measured.
+    """
+    root = folder / "lfw"
+    for name in IDENTITIES:
+        (root / name).mkdir(parents=True)
+        for image in (SAMPLE / "train" / name).glob("*.pgm"):
+            (root / name / f"{name}_{int(image.stem):04d}.jpg").symlink_to(image)
+        for image in (SAMPLE / "validation" / name).glob("*.pgm"):
+            (root / name / f"{name}_{int(image.stem):04d}.jpg").symlink_to(image)
+    genuine = [f"{name} {i} {i + 1}" for name in IDENTITIES for i in (1, 3)]
+    impostor = [f"{name} {i} {IDENTITIES[(k + i) % 10]} {i}" for k, name in enumerate(IDENTITIES) for i in (1, 2)]
+    pairs = folder / "pairs.txt"
+    pairs.write_text("\n".join(genuine + impostor) + "\n")
+    return pairs, root
+
+
 @pytest.mark.slow
-def test_evaluate_function_logs_metrics_roc_and_confusion(tmp_path):
+def test_evaluate_function_measures_k_fold_accuracy_and_logs_what_it_wrote(tmp_path):
     manifest_dir, model_dir = tiny_model()
+    pairs_file, pairs_root = lfw_pairs(tmp_path)
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
     classification = dsl.ClassificationMetrics(name="classification", uri=str(tmp_path / "classification"))
     report = dsl.HTML(name="report", uri=str(tmp_path / "report.html"))
-    (accuracy,) = evaluate_model.python_func(
+    evaluate_model.python_func(
         model=dsl.Model(name="model", uri=model_dir), manifest=dsl.Dataset(name="manifest", uri=manifest_dir),
-        pairs_file="", pairs_root="", seed=42, metrics=metrics, classification=classification, report=report)
-    written = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
-    assert 0.0 <= accuracy <= 1.0
-    if written["summary"]["verification_accuracy"] is None:  # 3 identities: too few genuine pairs for 10 folds
-        assert accuracy == pytest.approx(written["verification"]["threshold_accuracy"])
-        assert metrics.metadata["gate_accuracy_is_threshold_accuracy"] == 1.0
-    else:
-        assert metrics.metadata["verification_accuracy"] == pytest.approx(accuracy)
-    assert metrics.metadata["auc"] == pytest.approx(written["summary"]["auc"])
+        pairs_file=str(pairs_file), pairs_root=str(pairs_root), seed=42, metrics=metrics,
+        classification=classification, report=report)
+
+    summary = EvaluationDir.read(metrics.path)
+    document = EvaluationDir.read_document(metrics.path)
+    verification = document["verification"]
+    # The pairs file holds 20 + 20 pairs: the ten folds are measured and the summary is their mean.
+    assert (summary.genuine_pairs, summary.impostor_pairs) == (20, 20)
+    assert summary.verification_accuracy_kind == KFOLD_MEAN and len(verification["fold_accuracies"]) == 10
+    assert summary.verification_accuracy == pytest.approx(np.mean(verification["fold_accuracies"]))
+    assert summary.verification_accuracy_std == pytest.approx(np.std(verification["fold_accuracies"]))
+    for value in (summary.verification_accuracy, summary.auc, summary.eer, summary.top1_accuracy):
+        assert 0.0 <= value <= 1.0
+    assert summary.top1_accuracy <= summary.top5_accuracy == 1.0  # 3 classes: the true one is always in the top 5
+    assert -1.0 <= summary.threshold <= 1.0 and summary.flip_tta is True
+    # What the KFP UI shows is what the file holds.
+    assert {k: v for k, v in metrics.metadata.items()} == summary.kfp_metrics()
+
     roc = classification.metadata["confidenceMetrics"]
-    assert len(roc) == len(written["roc"]["fpr"]) and {"falsePositiveRate", "recall", "confidenceThreshold"} <= set(
-        roc[0])
+    assert len(roc) == len(document["roc"]["fpr"]) >= 2
+    fpr = [point["falsePositiveRate"] for point in roc]
+    tpr = [point["recall"] for point in roc]
+    assert all(0.0 <= x <= 1.0 for x in fpr + tpr)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     confusion = classification.metadata["confusionMatrix"]
     assert [a["displayName"] for a in confusion["annotationSpecs"]] == ["s1", "s2", "s3"]
+    # Three validation images per identity: every row of the confusion matrix counts three.
+    assert [sum(row["row"]) for row in confusion["rows"]] == [3, 3, 3]
     assert "<html" in (tmp_path / "report.html").read_text().lower()
+
+
+@pytest.mark.slow
+def test_evaluate_says_when_there_are_too_few_pairs_for_the_folds(tmp_path):
+    manifest_dir, model_dir = tiny_model()
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    evaluate_model.python_func(
+        model=dsl.Model(name="model", uri=model_dir), manifest=dsl.Dataset(name="manifest", uri=manifest_dir),
+        pairs_file="", pairs_root="", seed=42, metrics=metrics,
+        classification=dsl.ClassificationMetrics(name="classification", uri=str(tmp_path / "classification")),
+        report=dsl.HTML(name="report", uri=str(tmp_path / "report.html")))
+    summary = EvaluationDir.read(metrics.path)
+    # 3 identities x 3 validation images: 3 x C(3, 2) = 9 genuine pairs, fewer than the 10 folds need.
+    assert summary.genuine_pairs == 9 and summary.verification_accuracy_std is None
+    assert summary.verification_accuracy_kind == BEST_THRESHOLD
+    threshold_accuracy = EvaluationDir.read_document(metrics.path)["verification"]["threshold_accuracy"]
+    assert summary.verification_accuracy == threshold_accuracy and 0.5 <= threshold_accuracy <= 1.0
 
 
 @pytest.mark.slow
@@ -92,4 +179,6 @@ def test_evaluate_through_the_local_runner(tmp_path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
     evaluate_only()
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert os.path.isfile(run_dir / "evaluate-model" / "metrics" / "metrics.json")
+    summary = EvaluationDir.read(run_dir / "evaluate-model" / "metrics")
+    assert 0.0 <= summary.verification_accuracy <= 1.0 and summary.genuine_pairs == 9
+    assert os.path.isfile(run_dir / "evaluate-model" / "report")

@@ -14,19 +14,16 @@ def export_model(model: Input[Model], evaluation: Input[Metrics], manifest: Inpu
 
     Args:
         model: the train step's model folder.
-        evaluation: the evaluate step's Metrics artifact; its metrics.json goes into the model card.
+        evaluation: the evaluate step's Metrics artifact; its summary goes into the model card.
         manifest: the validate step's manifest; its validation faces are what each export is checked on.
         formats: comma-separated, any of saved_model, keras, tflite, onnx.
         quantize: none, float16 or dynamic (adds a quantized TFLite file).
         exported: the exported model folder (formats, model card).
     """
-    import os
-
-    from arcface.data import Manifest
+    from arcface.contracts import ManifestDir
     from arcface.export import export, kfp_model_metadata
 
-    faces = Manifest.read(os.path.join(manifest.path, "manifest.json")).absolute_paths("validation")
+    faces = ManifestDir.read(manifest.path).absolute_paths("validation")
     card = export(model.path, exported.path, formats=[f.strip() for f in formats.split(",") if f.strip()],
-                  quantize=quantize, metrics_path=os.path.join(evaluation.path, "metrics.json"),
-                  check_images=faces or None)
+                  quantize=quantize, metrics_path=evaluation.path, check_images=faces or None)
     exported.metadata.update(kfp_model_metadata(card))

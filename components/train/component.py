@@ -13,17 +13,16 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
 
     Args:
         config: the validated TrainConfig from the validate step (its save_path is replaced by the artifact).
-        manifest: the validate step's folder artifact holding manifest.json.
-        model: the model folder (see arcface.artifacts): training_model.keras, embedding_model.keras, best/,
+        manifest: the validate step's folder artifact (arcface.contracts.ManifestDir).
+        model: the model folder (arcface.contracts.ModelDir): training_model.keras, embedding_model.keras, best/,
             checkpoints/, logs/, config.yaml, metadata.json.
         metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy.
     """
-    import os
-
     from arcface.config import from_dict
+    from arcface.contracts import ManifestDir
     from arcface.train import train
 
-    result = train(from_dict({**config, "save_path": model.path}), os.path.join(manifest.path, "manifest.json"))
+    result = train(from_dict({**config, "save_path": model.path}), ManifestDir.read(manifest.path))
     metrics.log_metric("epochs_completed", result.epochs_completed)
     metrics.log_metric("steps", result.steps)
     metrics.log_metric("images_per_second", round(float(result.images_per_second), 3))

@@ -21,18 +21,18 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
     Args:
         config: TrainConfig keys (every pipeline parameter that mirrors a flag).
         data_root: a folder holding train/ and validation/; when set it replaces train_data and validation_data.
-        manifest: folder artifact: manifest.json (the images training may read, with their hashes),
-            report.json and report.md.
+        manifest: folder artifact (arcface.contracts.ManifestDir): the manifest (the images training may
+            read, with their hashes) and the report as JSON and Markdown.
         report: the same report as Markdown, for the KFP UI.
 
     Returns:
         config: the validated TrainConfig as a dict, with train_data and validation_data resolved to absolute folders.
     """
-    import os
     import shutil
     from collections import namedtuple
 
     from arcface.config import from_dict
+    from arcface.contracts import ManifestDir
     from arcface.data import resolve_roots, run_validation
 
     values = dict(config)  # members arrive as strings ('3.0' for an int): from_dict converts and checks them
@@ -42,7 +42,7 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
     train_root, validation_root = resolve_roots(checked.train_data, checked.validation_data)
     result = run_validation(train_root, validation_root, manifest.path, n_classes=checked.n_classes,
                             min_images=checked.min_images, strict=checked.strict)
-    shutil.copyfile(os.path.join(manifest.path, "report.md"), report.path)
+    shutil.copyfile(ManifestDir.report_markdown_file(manifest.path), report.path)
     counts = result.report["counts"]
     manifest.metadata.update({"sha256": result.manifest.sha256, "n_classes": len(result.manifest.class_names),
                               "train_images": counts["train"]["images"],

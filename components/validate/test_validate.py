@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 from kfp import dsl, local
 
 from arcface.config import ConfigError, TrainConfig
+from arcface.contracts import ManifestDir
 from arcface.data import DataError
 from components.validate import validate_data
 
@@ -44,9 +44,10 @@ def test_function_writes_manifest_and_returns_the_resolved_config(faces, tmp_pat
     (resolved,) = validate_data.python_func(config=config, data_root=str(faces), manifest=manifest, report=report)
     assert resolved["epochs"] == 7 and resolved["n_classes"] == 3 and resolved["augment"] is True
     assert resolved["train_data"] == str(faces / "train")
-    data = json.loads((tmp_path / "out" / "manifest" / "manifest.json").read_text())
-    assert data["class_names"] == ["s1", "s2", "s3"]
-    assert "#" in (tmp_path / "out" / "report.md").read_text()
+    assert ManifestDir.read(manifest.path).class_names == ["s1", "s2", "s3"]
+    assert ManifestDir.read_report(manifest.path)["counts"]["validation"]["images"] == 9
+    shown = (tmp_path / "out" / "report.md").read_text()
+    assert shown.startswith("#") and shown == Path(ManifestDir.report_markdown_file(manifest.path)).read_text()
     assert manifest.metadata["n_classes"] == 3 and manifest.metadata["train_images"] == 21
 
 
@@ -69,4 +70,4 @@ def test_component_through_the_local_runner(faces, tmp_path):
     task = validate_data(config=TrainConfig(n_classes=3).to_dict(), data_root=str(faces))
     assert task.outputs["config"]["n_classes"] == 3
     manifest = task.outputs["manifest"]
-    assert json.loads(Path(manifest.path, "manifest.json").read_text())["class_names"] == ["s1", "s2", "s3"]
+    assert ManifestDir.read(manifest.path).class_names == ["s1", "s2", "s3"]

@@ -14,19 +14,20 @@ A model folder (the training step's ``save_path``, the KFP ``Model`` artifact) h
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from arcface import atomic
+from arcface.contracts import ModelDir
 
-CONFIG_FILE = "config.yaml"
-METADATA_FILE = "metadata.json"
-TRAINING_MODEL_FILE = "training_model.keras"
-EMBEDDING_MODEL_FILE = "embedding_model.keras"
-BEST_DIR = "best"
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
+# The folder's file names are defined by arcface.contracts.ModelDir; these names are kept for the trainer.
+CONFIG_FILE = ModelDir.CONFIG_FILE
+METADATA_FILE = ModelDir.METADATA_FILE
+TRAINING_MODEL_FILE = ModelDir.TRAINING_MODEL_FILE
+EMBEDDING_MODEL_FILE = ModelDir.EMBEDDING_MODEL_FILE
+BEST_DIR = ModelDir.BEST_DIR
+CHECKPOINT_DIR = ModelDir.CHECKPOINT_DIR
+LOG_DIR = ModelDir.LOG_DIR
 
 # Images are fed to every model as (pixel - 127.5) / 128, RGB, channels last.
 NORMALIZATION = {"mean": 127.5, "scale": 1 / 128, "channels": "RGB", "layout": "NHWC"}
@@ -99,11 +100,7 @@ def load_model_dir(path: str | os.PathLike, with_training_model: bool = False, b
                              "(arcface train --save_path ...)")
     config_file = os.path.join(path, CONFIG_FILE)
     config = load_yaml(config_file) if os.path.exists(config_file) else TrainConfig()
-    metadata_file = os.path.join(path, METADATA_FILE)
-    metadata = {}
-    if os.path.exists(metadata_file):
-        with open(metadata_file, encoding="utf-8") as f:
-            metadata = json.load(f)
+    metadata = ModelDir.read_metadata(path)
     training_model = None
     if with_training_model:
         training_model = load_keras(os.path.join(folder, TRAINING_MODEL_FILE))

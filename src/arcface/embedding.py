@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from arcface import artifacts, atomic
+from arcface.contracts import EvaluationDir, ExportDir, ModelDir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".pgm", ".ppm")
 OUTPUT_FORMATS = ("npy", "csv", "jsonl")
-CARD_FILE = "model_card.json"
-METRICS_FILE = "metrics.json"
 
 
 class EmbeddingError(ValueError):
@@ -91,26 +90,17 @@ def load_image(path: str, image_size: int, center_crop: float = 1.0) -> np.ndarr
 # ---------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return data if isinstance(data, dict) else {}
+def _card(folder: str) -> dict[str, Any]:
+    """The model card of an export folder; {} for a folder without one (a training run, a bare model)."""
+    return ExportDir.read_card(folder) if ExportDir.has_card(folder) else {}
 
 
 def _threshold_from(folder: str) -> tuple[float | None, bool]:
     """(threshold, flip_tta it was chosen with) from a model card or an evaluation's metrics.json."""
-    card = _read_json(os.path.join(folder, CARD_FILE))
-    evaluation = card.get("evaluation") or {}
-    if evaluation.get("threshold") is not None:
-        return float(evaluation["threshold"]), bool(evaluation.get("flip_tta", True))
-    metrics = _read_json(os.path.join(folder, METRICS_FILE))
-    summary = metrics.get("summary") if isinstance(metrics.get("summary"), dict) else metrics
-    if summary.get("threshold") is not None:
-        model = metrics.get("model") if isinstance(metrics.get("model"), dict) else {}
-        return float(summary["threshold"]), bool(model.get("flip_tta", True))
-    return None, False
+    evaluation = ExportDir.card_evaluation(_card(folder))
+    if evaluation is None and EvaluationDir.exists(folder):
+        evaluation = EvaluationDir.read(folder)
+    return (evaluation.threshold, evaluation.flip_tta) if evaluation is not None else (None, False)
 
 
 def _keras_forward(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -140,8 +130,8 @@ def _saved_model_forward(path: str) -> tuple[Callable[[np.ndarray], np.ndarray],
 def _from_keras_file(path: str, folder: str) -> Embedder:
     """A .keras file; a model card or metadata next to it (an export or run folder) supplies crop and threshold."""
     model = artifacts.load_keras(path)
-    card = _read_json(os.path.join(folder, CARD_FILE))
-    metadata = _read_json(os.path.join(folder, artifacts.METADATA_FILE))
+    card = _card(folder)
+    metadata = ModelDir.read_metadata(folder)
     crop = (card.get("input") or {}).get("center_crop", metadata.get("center_crop", 1.0))
     threshold, flip = _threshold_from(folder)
     return Embedder(_keras_forward(model), int(model.input_shape[1]), float(crop), threshold, flip, path)
@@ -166,19 +156,17 @@ def load_embedder(path: str | os.PathLike) -> Embedder:
         crop = float(trained.metadata.get("center_crop", trained.config.center_crop))
         threshold, flip = _threshold_from(path)
         return Embedder(_keras_forward(trained.embedding_model), trained.image_size, crop, threshold, flip, path)
-    from arcface.export import KERAS_FILE, SAVED_MODEL_DIR
-
-    if os.path.isfile(os.path.join(path, KERAS_FILE)):  # an export: the .keras file loads fastest
-        return _from_keras_file(os.path.join(path, KERAS_FILE), path)
-    saved_model = next((p for p in (os.path.join(path, SAVED_MODEL_DIR), path)
+    if os.path.isfile(os.path.join(path, ExportDir.KERAS_FILE)):  # an export: the .keras file loads fastest
+        return _from_keras_file(os.path.join(path, ExportDir.KERAS_FILE), path)
+    saved_model = next((p for p in (os.path.join(path, ExportDir.SAVED_MODEL_DIR), path)
                         if os.path.isfile(os.path.join(p, "saved_model.pb"))), None)
     if saved_model is None:
-        raise EmbeddingError(f"{path} holds no {artifacts.EMBEDDING_MODEL_FILE}, {KERAS_FILE} or "
-                             f"{SAVED_MODEL_DIR}/; pass a training run's save_path or an `arcface export` folder")
+        raise EmbeddingError(f"{path} holds no {artifacts.EMBEDDING_MODEL_FILE}, {ExportDir.KERAS_FILE} or "
+                             f"{ExportDir.SAVED_MODEL_DIR}/; pass a training run's save_path or an `arcface export` "
+                             "folder")
     folder = path if saved_model != path else os.path.dirname(os.path.abspath(path))
     forward, image_size = _saved_model_forward(saved_model)
-    card = _read_json(os.path.join(folder, CARD_FILE))
-    crop = float((card.get("input") or {}).get("center_crop", 1.0))
+    crop = float((_card(folder).get("input") or {}).get("center_crop", 1.0))
     threshold, flip = _threshold_from(folder)
     return Embedder(forward, image_size, crop, threshold, flip, saved_model)
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from arcface import __version__, artifacts
+from arcface.contracts import EvaluationDir, ExportDir
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,10 @@ FORMATS = ("saved_model", "keras", "tflite", "onnx")
 QUANTIZE = ("none", "float16", "dynamic")
 ONNX_OPSET = 17
 
-SAVED_MODEL_DIR = "saved_model"
-KERAS_FILE = "model.keras"
-TFLITE_FILE = "model.tflite"
-ONNX_FILE = "model.onnx"
-CARD_JSON = "model_card.json"
-CARD_MD = "model_card.md"
-QUANTIZED_TFLITE_FILES = {"float16": "model_float16.tflite", "dynamic": "model_dynamic.tflite"}
+# The folder's file names are defined by arcface.contracts.ExportDir.
+SAVED_MODEL_DIR, KERAS_FILE, TFLITE_FILE = ExportDir.SAVED_MODEL_DIR, ExportDir.KERAS_FILE, ExportDir.TFLITE_FILE
+ONNX_FILE, CARD_JSON, CARD_MD = ExportDir.ONNX_FILE, ExportDir.CARD_JSON, ExportDir.CARD_MD
+QUANTIZED_TFLITE_FILES = ExportDir.QUANTIZED_TFLITE_FILES
 
 SERVING_SIGNATURE = "serving_default"
 TENSOR_SIGNATURE = "embed_tensor"
@@ -249,9 +247,9 @@ def _manifest_images(model_dir: str, metadata: dict[str, Any]) -> list[str]:
     path = name if os.path.isabs(name) else os.path.join(model_dir, name)
     if not os.path.isfile(path):
         return []
-    from arcface.data import Manifest
+    from arcface.contracts import ManifestDir
 
-    paths = Manifest.read(path).absolute_paths("validation")
+    paths = ManifestDir.read(path).absolute_paths("validation")
     return [p for p in paths if os.path.isfile(p)]
 
 
@@ -332,30 +330,12 @@ def _describe_file(root: str, name: str) -> dict[str, Any]:
             "sha256_of": "sorted lines '<relative path>\\0<file sha256>'"}
 
 
-def _read_metrics(metrics_path: str | None) -> dict[str, Any]:
-    """The headline numbers of an evaluation: flat keys, or ``summary`` of arcface's metrics.json."""
+def _card_evaluation(metrics_path: str | os.PathLike | None) -> dict[str, Any]:
+    """The evaluation's summary for the model card, and which metrics.json it came from; {} without one."""
     if not metrics_path:
         return {}
-    if os.path.isdir(metrics_path):  # a KFP Metrics artifact folder
-        metrics_path = os.path.join(metrics_path, "metrics.json")
-    try:
-        with open(metrics_path, encoding="utf-8") as f:
-            metrics = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"metrics file {metrics_path} cannot be read as JSON ({e}); pass the metrics.json "
-                          "written by `arcface evaluate`, or no metrics") from None
-    if not isinstance(metrics, dict):
-        raise ExportError(f"metrics file {metrics_path} holds {type(metrics).__name__}, not an object of metrics")
-    flat = metrics.get("summary") if isinstance(metrics.get("summary"), dict) else metrics
-    evaluation = {k: v for k, v in flat.items() if isinstance(v, int | float | str | bool) or v is None}
-    if "threshold" not in evaluation and isinstance(metrics.get("verification"), dict):
-        evaluation["threshold"] = metrics["verification"].get("threshold")
-    model = metrics.get("model") if isinstance(metrics.get("model"), dict) else {}
-    # The threshold was chosen on embeddings computed with (or without) flip test-time augmentation;
-    # comparing at that threshold is only right with the same setting.
-    evaluation["flip_tta"] = bool(model.get("flip_tta", metrics.get("flip_tta", True)))
-    evaluation["source"] = os.path.abspath(metrics_path)
-    return evaluation
+    return {**EvaluationDir.read(metrics_path).to_dict(),
+            "source": os.path.abspath(EvaluationDir.metrics_file(metrics_path))}
 
 
 def _framework_versions(formats: Sequence[str]) -> dict[str, str]:
@@ -468,8 +448,8 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
         model_dir: a training run's save_path (or a folder holding ``embedding_model.keras``).
         formats: any of :data:`FORMATS`.
         quantize: 'float16' or 'dynamic' adds a quantized TFLite file next to the float32 one.
-        metrics_path: ``metrics.json`` of the evaluation step; its headline numbers and verification
-            threshold go into the model card.
+        metrics_path: the evaluation step's output folder or its ``metrics.json``; its summary (headline
+            numbers, verification threshold) goes into the model card.
         check_images: face images the exports are compared on (at most :data:`MAX_CHECK_IMAGES`, spread
             over the list). Without them, the manifest's validation images if the metadata names a readable
             manifest, else a synthetic batch (the card says which).
@@ -480,7 +460,7 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
     """
     model_dir, output_dir = str(model_dir), str(output_dir)
     formats = _check_arguments(formats, quantize)
-    evaluation = _read_metrics(metrics_path)
+    evaluation = _card_evaluation(metrics_path)
     trained = artifacts.load_model_dir(model_dir)
     model, metadata = trained.embedding_model, trained.metadata
     image_size = trained.image_size
@@ -525,9 +505,7 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
         published = [n for name in formats for n in files[name]]
         card = _model_card(trained, model_dir, formats, quantize, staging, parity, evaluation,
                            check_source, names, image_size, center_crop)
-        artifacts.write_json(os.path.join(staging, CARD_JSON), card)
-        with open(os.path.join(staging, CARD_MD), "w", encoding="utf-8") as f:
-            f.write(render_card_markdown(card))
+        card = ExportDir.write_card(staging, card, render_card_markdown(card))
         _publish(staging, output_dir, published)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,6 +13,7 @@ import pytest
 from arcface import artifacts
 from arcface.cli import main as cli
 from arcface.config import TrainConfig
+from arcface.contracts import KFOLD_MEAN, EvaluationDir, EvaluationSummary
 from arcface.embedding import EmbeddingError, embed_command, load_embedder
 
 IMAGE_SIZE = 64
@@ -31,7 +32,9 @@ def model_dir(tmp_path_factory) -> Path:
     config.save(path / artifacts.CONFIG_FILE)
     artifacts.write_json(path / artifacts.METADATA_FILE, {
         "class_names": ["a", "b", "c", "d"], "manifest_sha256": "x", "image_size": IMAGE_SIZE, "center_crop": 1.0})
-    artifacts.write_json(path / "metrics.json", {"summary": {"threshold": 0.5}, "model": {"flip_tta": True}})
+    EvaluationDir.write(path, EvaluationSummary(
+        verification_accuracy=0.9, verification_accuracy_kind=KFOLD_MEAN, threshold=0.5, auc=0.9, eer=0.1,
+        genuine_pairs=100, impostor_pairs=100, flip_tta=True))
     return path
 
 

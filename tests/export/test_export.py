@@ -13,12 +13,13 @@ import pytest
 from arcface import artifacts
 from arcface import export as export_mod
 from arcface.config import TrainConfig
+from arcface.contracts import KFOLD_MEAN, EvaluationDir, EvaluationSummary
 from arcface.export import ExportError, export, kfp_model_metadata
 
 IMAGE_SIZE = 64
 CENTER_CROP = 0.9
-METRICS = {"summary": {"verification_accuracy": 0.91, "auc": 0.95, "threshold": 0.42},
-           "model": {"flip_tta": True}}
+EVALUATION = EvaluationSummary(verification_accuracy=0.91, verification_accuracy_kind=KFOLD_MEAN, threshold=0.42,
+                               auc=0.95, eer=0.1, genuine_pairs=300, impostor_pairs=300, flip_tta=True)
 
 
 def make_model_dir(path: Path) -> Path:
@@ -61,7 +62,7 @@ def model_dir(tmp_path_factory) -> Path:
 def exported(model_dir, sample_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("exported")
     metrics = out.parent / "metrics.json"
-    metrics.write_text(json.dumps(METRICS))
+    EvaluationDir.write(out.parent, EVALUATION)
     card = export(model_dir, out, quantize="float16", metrics_path=str(metrics),
                   check_images=sample_images(sample_dir))
     return out, card

@@ -17,7 +17,6 @@ from arcface.data.validate import (
     resolve_roots,
     run_validation,
     validate_dataset,
-    write_outputs,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ __all__ = [
     "CODES", "DataError", "Finding", "Manifest", "ManifestRow", "ValidationResult", "apply_orientation",
     "augment_image", "crop_and_resize", "decode_image", "make_dataset", "normalize", "preprocess",
     "render_markdown",
-    "resolve_roots", "run_validation", "validate_dataset", "write_outputs",
+    "resolve_roots", "run_validation", "validate_dataset",
 ]
 
 

@@ -75,13 +75,12 @@ class Manifest:
         if not isinstance(data, dict) or not {"roots", "class_names", "rows"} <= set(data):
             raise DataError(f"{source} is not a manifest (expected an object with version, roots, class_names "
                             "and rows); regenerate it with `arcface validate`")
-        version = int(data.get("version", MANIFEST_VERSION))
-        if version > MANIFEST_VERSION:
-            raise DataError(f"{source} has manifest version {version}, newer than this package understands "
-                            f"({MANIFEST_VERSION}); upgrade arcface-kfp or regenerate the manifest")
+        from arcface.contracts import check_version
+
+        check_version(data, MANIFEST_VERSION, source, "the validate step (`arcface validate`)", key="version")
         return cls(rows=[ManifestRow.from_dict(r) for r in data["rows"]],
                    roots={str(k): str(v) for k, v in data["roots"].items()},
-                   class_names=[str(c) for c in data["class_names"]], version=version)
+                   class_names=[str(c) for c in data["class_names"]])
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Manifest:

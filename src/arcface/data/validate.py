@@ -39,9 +39,6 @@ from arcface.data.manifest import DataError, Manifest, ManifestRow
 
 log = logging.getLogger("arcface.data")
 
-MANIFEST_FILE = "manifest.json"
-REPORT_FILE = "report.json"
-REPORT_MD_FILE = "report.md"
 
 TRAIN_DIR_NAMES = ("train",)
 VALIDATION_DIR_NAMES = ("validation", "val")
@@ -489,7 +486,9 @@ def validate_dataset(train_data: str, validation_data: str, *, n_classes: int | 
                                                               min_side=min_side))
     result = ValidationResult(manifest=manifest, report=report, ok=not errors)
     if output_dir is not None:
-        write_outputs(result, output_dir)
+        from arcface.contracts import ManifestDir
+
+        ManifestDir.write(output_dir, result)
     return result
 
 
@@ -625,18 +624,6 @@ def render_markdown(report: dict[str, Any], max_per_code: int = 20) -> str:
             if len(items) > max_per_code:
                 lines.append(f"- ... and {len(items) - max_per_code} more (see report.json)")
     return "\n".join(lines) + "\n"
-
-
-def write_outputs(result: ValidationResult, output_dir: str) -> dict[str, str]:
-    """Write manifest.json, report.json and report.md into output_dir; return their paths."""
-    from arcface.atomic import write_json, write_text
-
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, name) for name in (MANIFEST_FILE, REPORT_FILE, REPORT_MD_FILE)}
-    result.manifest.write(paths[MANIFEST_FILE])
-    write_json(paths[REPORT_FILE], result.report)
-    write_text(paths[REPORT_MD_FILE], render_markdown(result.report))
-    return paths
 
 
 def _log_findings(findings: Iterable[dict[str, str]], per_code: int = 10) -> None:

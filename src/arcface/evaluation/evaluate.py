@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from arcface.contracts import BEST_THRESHOLD, KFOLD_MEAN, EvaluationDir, EvaluationSummary
 from arcface.evaluation import metrics as M
 from arcface.evaluation.pairs import PairList, generate_pairs, read_pairs
 
@@ -36,8 +37,6 @@ __all__ = ["EvaluationError", "FAR_TARGETS", "embed_images", "evaluate"]
 FAR_TARGETS = (1e-1, 1e-2, 1e-3, 1e-4)
 VALIDATION = "validation"
 MAX_CONFUSION_CLASSES = 50
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.html"
 
 
 class EvaluationError(ValueError):
@@ -367,18 +366,19 @@ def _verification(scores: np.ndarray, pairs: PairList, n_folds: int = 10) -> dic
 # ---------------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------------
-def _summary(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The headline numbers, flat, for KFP's Metrics artifact and for comparing runs."""
+def _summary(metrics: dict[str, Any]) -> EvaluationSummary:
+    """The headline numbers, flat, for KFP's Metrics artifact, the quality gate and comparing runs."""
     v, c, t = metrics["verification"], metrics["closed_set"], metrics["throughput"]
-    summary = {"verification_accuracy": v["accuracy_mean"], "verification_accuracy_std": v["accuracy_std"],
-               "auc": v["auc"], "eer": v["eer"], "threshold": v["threshold"],
-               "genuine_pairs": v["genuine_pairs"], "impostor_pairs": v["impostor_pairs"]}
-    for key, value in v["tar_at_far"].items():
-        summary[f"tar_at_far_{key}"] = value["tar"]
-    summary["top1_accuracy"] = c.get("top1")
-    summary["top5_accuracy"] = c.get("top5")
-    summary["images_per_second"] = t["images_per_second"]
-    return summary
+    # Too few pairs for the k folds: the best-threshold accuracy on all pairs stands in, and says so.
+    kfold = v["accuracy_mean"] is not None
+    return EvaluationSummary(
+        verification_accuracy=v["accuracy_mean"] if kfold else v["threshold_accuracy"],
+        verification_accuracy_kind=KFOLD_MEAN if kfold else BEST_THRESHOLD,
+        verification_accuracy_std=v["accuracy_std"], auc=v["auc"], eer=v["eer"], threshold=v["threshold"],
+        flip_tta=metrics["model"]["flip_tta"], genuine_pairs=v["genuine_pairs"],
+        impostor_pairs=v["impostor_pairs"],
+        tar_at_far={key: value["tar"] for key, value in v["tar_at_far"].items()},
+        top1_accuracy=c.get("top1"), top5_accuracy=c.get("top5"), images_per_second=t["images_per_second"])
 
 
 def _check_finite(metrics: Any, where: str = "metrics") -> None:
@@ -409,11 +409,11 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         center_crop: override the training run's center_crop (default: from the model's config).
 
     Returns:
-        Every number (also in metrics.json): ``verification``, ``closed_set``, ``throughput``, ``summary``,
+        metrics.json as written (:class:`arcface.contracts.EvaluationDir`): ``verification``, ``closed_set``,
+        ``throughput``, ``summary`` (an :class:`~arcface.contracts.EvaluationSummary` as a dict),
         plus ``roc`` ({fpr, tpr, thresholds}, <= 200 points, for ``log_roc_curve``) and
         ``confusion_matrix`` ({categories, matrix, ...}, <= 50 classes, for ``log_confusion_matrix``).
     """
-    from arcface.atomic import write_json
     from arcface.evaluation.report import write_report
 
     trained, manifest = _load(model, manifest)
@@ -465,10 +465,9 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         "roc": M.subsample_roc(far, tar, thresholds, max_points=200),
         "confusion_matrix": confusion,
     }
-    metrics["summary"] = _summary(metrics)
     _check_finite(metrics)
-    write_json(os.path.join(output_dir, METRICS_FILE), metrics)
-    write_report(os.path.join(output_dir, REPORT_FILE), metrics, scores=scores, is_same=pairs.is_same,
+    metrics = EvaluationDir.write(output_dir, _summary(metrics), metrics)
+    write_report(EvaluationDir.report_file(output_dir), metrics, scores=scores, is_same=pairs.is_same,
                  far=far, tar=tar)
     log.info("verification accuracy %s, AUC %.4f, EER %.4f on %d pairs; closed-set top-1 %s",
              verification["accuracy_mean"], verification["auc"], verification["eer"], len(pairs),

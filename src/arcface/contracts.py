@@ -1,0 +1,313 @@
+"""What each pipeline step writes: one definition per output folder, its file names, its reader and writer.
+
+A step's output folder (a KFP artifact, or a ``--output_dir``) is read by the next step, by the quality gate,
+by ``arcface compare`` and by ``pipeline.py``; each of them goes through the class here instead of parsing the
+files itself, so the layout is defined once::
+
+    ManifestDir    validate:  manifest.json, report.json, report.md
+    ModelDir       train:     config.yaml, metadata.json, the two .keras models, best/, checkpoints/, logs/
+    EvaluationDir  evaluate:  metrics.json (its "summary" is an EvaluationSummary), report.html
+    ExportDir      export:    model_card.json/.md, saved_model/, model.keras, model*.tflite, model.onnx
+
+Every JSON file written here carries a schema version (``schema_version``; the manifest's own key is
+``version``) and its reader refuses a file with another or no version, naming the step to re-run: a file
+from another release is never half-understood. Writes go through :mod:`arcface.atomic`.
+
+This module needs only the standard library, so the quality gate's light image can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from arcface import atomic
+
+if TYPE_CHECKING:
+    from arcface.artifacts import TrainedModel
+    from arcface.data.manifest import Manifest
+    from arcface.data.validate import ValidationResult
+
+SCHEMA_KEY = "schema_version"
+
+
+class ContractError(ValueError):
+    """A step output is missing, unreadable, or was written by another version of its step."""
+
+
+def _in_folder(path: str | os.PathLike, file_name: str) -> str:
+    """``path`` itself when it names a file; ``path/file_name`` when it is the step's output folder."""
+    path = os.fspath(path)
+    return os.path.join(path, file_name) if os.path.isdir(path) else path
+
+
+def _load_json(path: str, producer: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except FileNotFoundError:
+        raise ContractError(f"{path} does not exist; pass the output folder of {producer} (or the file in it), "
+                            f"or run {producer} to write it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ContractError(f"{path} is not valid JSON ({e}); re-run {producer} to write it again") from None
+    if not isinstance(document, dict):
+        raise ContractError(f"{path} holds a JSON {type(document).__name__}, not an object; re-run {producer} "
+                            "to write it again")
+    return document
+
+
+def check_version(document: dict[str, Any], expected: int, source: str, producer: str,
+                  key: str = SCHEMA_KEY) -> None:
+    """Refuse a document whose ``key`` is not ``expected``: its fields may mean something else."""
+    found = document.get(key)
+    if found == expected and not isinstance(found, bool):
+        return
+    what = f"no {key}" if found is None else f"{key} {found!r}"
+    raise ContractError(f"{source} has {what}, but this package reads {key} {expected}; it was written by "
+                        f"another release of arcface-kfp: re-run {producer} with this one to write it again")
+
+
+def _read_versioned(path: str, expected: int, producer: str) -> dict[str, Any]:
+    document = _load_json(path, producer)
+    check_version(document, expected, path, producer)
+    return document
+
+
+def _write_versioned(path: str | os.PathLike, version: int, document: dict[str, Any]) -> dict[str, Any]:
+    """Write ``document`` with its schema version first; return what was written."""
+    written = {SCHEMA_KEY: version, **{k: v for k, v in document.items() if k != SCHEMA_KEY}}
+    atomic.write_json(path, written)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------------
+class ManifestDir:
+    """The validate step's Dataset artifact: the manifest training reads, and the findings for people."""
+
+    MANIFEST_FILE = "manifest.json"
+    REPORT_FILE = "report.json"
+    REPORT_MD_FILE = "report.md"
+    REPORT_SCHEMA_VERSION = 1
+    PRODUCER = "the validate step (`arcface validate`)"
+
+    @classmethod
+    def write(cls, folder: str | os.PathLike, result: ValidationResult) -> dict[str, str]:
+        """Write the manifest, report.json and report.md into ``folder``; return {file name: path}."""
+        from arcface.data.validate import render_markdown
+
+        os.makedirs(folder, exist_ok=True)
+        paths = {name: os.path.join(folder, name) for name in (cls.MANIFEST_FILE, cls.REPORT_FILE,
+                                                                 cls.REPORT_MD_FILE)}
+        result.manifest.write(paths[cls.MANIFEST_FILE])
+        _write_versioned(paths[cls.REPORT_FILE], cls.REPORT_SCHEMA_VERSION, result.report)
+        atomic.write_text(paths[cls.REPORT_MD_FILE], render_markdown(result.report))
+        return paths
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Manifest:
+        """The manifest in the folder ``path`` (or the manifest file ``path``); its version is checked."""
+        from arcface.data.manifest import Manifest
+
+        return Manifest.read(_in_folder(path, cls.MANIFEST_FILE))
+
+    @classmethod
+    def read_report(cls, path: str | os.PathLike) -> dict[str, Any]:
+        return _read_versioned(_in_folder(path, cls.REPORT_FILE), cls.REPORT_SCHEMA_VERSION, cls.PRODUCER)
+
+    @classmethod
+    def report_markdown_file(cls, folder: str | os.PathLike) -> str:
+        return os.path.join(folder, cls.REPORT_MD_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------
+class ModelDir:
+    """The train step's model folder (its ``save_path``); :mod:`arcface.train` writes it.
+
+    metadata.json carries no schema version yet: the trainer writes it, and it is read leniently.
+    """
+
+    CONFIG_FILE = "config.yaml"
+    METADATA_FILE = "metadata.json"
+    TRAINING_MODEL_FILE = "training_model.keras"
+    EMBEDDING_MODEL_FILE = "embedding_model.keras"
+    BEST_DIR = "best"
+    CHECKPOINT_DIR = "checkpoints"
+    LOG_DIR = "logs"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, with_training_model: bool = False, best: bool = False) -> TrainedModel:
+        from arcface.artifacts import load_model_dir
+
+        return load_model_dir(path, with_training_model=with_training_model, best=best)
+
+    @classmethod
+    def read_metadata(cls, folder: str | os.PathLike) -> dict[str, Any]:
+        """metadata.json of ``folder``; {} when there is none (a folder holding only a .keras model)."""
+        path = os.path.join(folder, cls.METADATA_FILE)
+        if not os.path.isfile(path):
+            return {}
+        return _load_json(path, "the train step (`arcface train`)")
+
+    @classmethod
+    def write_metadata(cls, folder: str | os.PathLike, metadata: dict[str, Any]) -> None:
+        atomic.write_json(os.path.join(folder, cls.METADATA_FILE), metadata)
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------------
+KFOLD_MEAN = "kfold_mean"
+BEST_THRESHOLD = "best_threshold"
+ACCURACY_KINDS = (KFOLD_MEAN, BEST_THRESHOLD)
+_TAR_PREFIX = "tar_at_far_"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSummary:
+    """The headline numbers of an evaluation: metrics.json's ``"summary"``, what the gate and the card use.
+
+    ``verification_accuracy`` is the LFW k-fold mean (``verification_accuracy_kind`` 'kfold_mean'), or, when
+    there are too few genuine or impostor pairs for the folds, the best-threshold accuracy on all pairs
+    ('best_threshold', optimistic: the threshold was chosen on the same pairs). ``threshold`` was chosen on
+    embeddings computed with ``flip_tta``; compare at it only with the same setting. ``tar_at_far`` maps
+    '1e-02' to the TAR at that FAR (None where there are too few impostor pairs to measure it).
+    """
+
+    verification_accuracy: float
+    verification_accuracy_kind: str
+    threshold: float
+    auc: float
+    eer: float
+    genuine_pairs: int
+    impostor_pairs: int
+    flip_tta: bool
+    verification_accuracy_std: float | None = None
+    tar_at_far: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    top1_accuracy: float | None = None
+    top5_accuracy: float | None = None
+    images_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.verification_accuracy_kind not in ACCURACY_KINDS:
+            raise ContractError(f"verification_accuracy_kind={self.verification_accuracy_kind!r} is unknown; "
+                                f"it is one of {', '.join(ACCURACY_KINDS)}")
+
+    @property
+    def accuracy_description(self) -> str:
+        kind = "k-fold" if self.verification_accuracy_kind == KFOLD_MEAN else "best-threshold"
+        return f"{kind} accuracy {self.verification_accuracy:.4f}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, as metrics.json stores it (``tar_at_far_1e-02``), so every number is a KFP metric."""
+        flat = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        tar = flat.pop("tar_at_far")
+        tail = {key: flat.pop(key) for key in ("top1_accuracy", "top5_accuracy", "images_per_second")}
+        return {**flat, **{_TAR_PREFIX + key: value for key, value in tar.items()}, **tail}
+
+    @classmethod
+    def from_dict(cls, flat: dict[str, Any], source: str = "the evaluation summary") -> EvaluationSummary:
+        names = {field.name for field in dataclasses.fields(cls)} - {"tar_at_far"}
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if flat.get(name) is None]
+        if missing:
+            raise ContractError(f"{source} lacks {', '.join(missing)}; re-run the evaluate step "
+                                "(`arcface evaluate`) to write a complete metrics.json")
+        tar = {key[len(_TAR_PREFIX):]: value for key, value in flat.items() if key.startswith(_TAR_PREFIX)}
+        return cls(**{key: value for key, value in flat.items() if key in names}, tar_at_far=tar)
+
+    def kfp_metrics(self) -> dict[str, float]:
+        """The numbers for ``Metrics.log_metric``: flags, words and unmeasured (None) figures left out."""
+        return {key: float(value) for key, value in self.to_dict().items()
+                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+class EvaluationDir:
+    """The evaluate step's Metrics artifact folder: metrics.json (every number) and report.html."""
+
+    METRICS_FILE = "metrics.json"
+    REPORT_FILE = "report.html"
+    SCHEMA_VERSION = 1
+    PRODUCER = "the evaluate step (`arcface evaluate`)"
+
+    @classmethod
+    def metrics_file(cls, path: str | os.PathLike) -> str:
+        """metrics.json in the folder ``path``, or ``path`` itself when it is the file (``--metrics``)."""
+        return _in_folder(path, cls.METRICS_FILE)
+
+    @classmethod
+    def report_file(cls, folder: str | os.PathLike) -> str:
+        return os.path.join(folder, cls.REPORT_FILE)
+
+    @classmethod
+    def exists(cls, path: str | os.PathLike) -> bool:
+        return os.path.isfile(cls.metrics_file(path))
+
+    @classmethod
+    def write(cls, folder: str | os.PathLike, summary: EvaluationSummary,
+              details: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write metrics.json: ``details`` (every other number) and the summary; return what was written."""
+        os.makedirs(folder, exist_ok=True)
+        return _write_versioned(os.path.join(folder, cls.METRICS_FILE), cls.SCHEMA_VERSION,
+                                {**(details or {}), "summary": summary.to_dict()})
+
+    @classmethod
+    def read_document(cls, path: str | os.PathLike) -> dict[str, Any]:
+        """All of metrics.json (version checked): verification, closed_set, roc, ... and summary."""
+        return _read_versioned(cls.metrics_file(path), cls.SCHEMA_VERSION, cls.PRODUCER)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> EvaluationSummary:
+        """The summary of the evaluation in folder ``path`` (or of the metrics.json ``path``)."""
+        file = cls.metrics_file(path)
+        document = cls.read_document(file)
+        if not isinstance(document.get("summary"), dict):
+            raise ContractError(f"{file} has no summary object; re-run {cls.PRODUCER} to write it again")
+        return EvaluationSummary.from_dict(document["summary"], source=f"the summary in {file}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------------
+class ExportDir:
+    """The export step's folder: each format's file and the model card that describes and checks them."""
+
+    SAVED_MODEL_DIR = "saved_model"
+    KERAS_FILE = "model.keras"
+    TFLITE_FILE = "model.tflite"
+    ONNX_FILE = "model.onnx"
+    QUANTIZED_TFLITE_FILES: ClassVar[dict[str, str]] = {"float16": "model_float16.tflite",
+                                                        "dynamic": "model_dynamic.tflite"}
+    CARD_JSON = "model_card.json"
+    CARD_MD = "model_card.md"
+    SCHEMA_VERSION = 1
+    PRODUCER = "the export step (`arcface export`)"
+
+    @classmethod
+    def write_card(cls, folder: str | os.PathLike, card: dict[str, Any], markdown: str) -> dict[str, Any]:
+        """Write model_card.json and model_card.md; return the card as written (with its version)."""
+        written = _write_versioned(os.path.join(folder, cls.CARD_JSON), cls.SCHEMA_VERSION, card)
+        atomic.write_text(os.path.join(folder, cls.CARD_MD), markdown)
+        return written
+
+    @classmethod
+    def has_card(cls, folder: str | os.PathLike) -> bool:
+        return os.path.isfile(os.path.join(folder, cls.CARD_JSON))
+
+    @classmethod
+    def read_card(cls, path: str | os.PathLike) -> dict[str, Any]:
+        """model_card.json in folder ``path`` (or the card file ``path``), version checked."""
+        return _read_versioned(_in_folder(path, cls.CARD_JSON), cls.SCHEMA_VERSION, cls.PRODUCER)
+
+    @staticmethod
+    def card_evaluation(card: dict[str, Any]) -> EvaluationSummary | None:
+        """The evaluation the card was exported with; None when the export was given none."""
+        evaluation = card.get("evaluation")
+        return EvaluationSummary.from_dict(evaluation, source="the model card's evaluation") if evaluation else None
