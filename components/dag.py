@@ -38,8 +38,9 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "pairs_root": (str, "", "image folder of pairs_file; empty: the pairs file's folder"),
     "accuracy_threshold": (float, 0.9, "quality gate: export only when the verification accuracy is at least "
                                        "this"),
-    "current_model_metrics": (str, "", "the production model's metrics.json (path or JSON text) or accuracy; "
-                                       "export only when the new model is better. Empty: no production model"),
+    "current_model_metrics": (str, "", "the production model's evaluation (its metrics.json or the folder "
+                                       "holding it); export only when the new model is better. Empty: no "
+                                       "production model"),
     "export_formats": (str, "saved_model,keras,tflite,onnx", "comma-separated export formats"),
     "quantize": (str, "none", "none, float16 or dynamic (adds a quantized TFLite file)"),
 }
@@ -181,7 +182,7 @@ def build_pipeline(options: DeployOptions | None = None):
                                              pairs_file=p["pairs_file"], pairs_root=p["pairs_root"],
                                              seed=p["seed"]),
                               "evaluate", options, "evaluate")
-        gate = _configure(quality_gate(accuracy=evaluate.outputs["verification_accuracy"],
+        gate = _configure(quality_gate(evaluation=evaluate.outputs["metrics"],
                                        accuracy_threshold=p["accuracy_threshold"],
                                        current_model_metrics=p["current_model_metrics"]),
                           "gate", options, "quality gate")

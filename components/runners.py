@@ -301,8 +301,8 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
     from arcface import contracts
 
     evaluation = os.path.join(run_dir, EVALUATE_TASK, "metrics")
-    if os.path.isdir(evaluation):
-        summary["metrics"] = contracts.EvaluationDir.read(evaluation).summary.to_dict()
+    if contracts.EvaluationDir.exists(evaluation):
+        summary["metrics"] = contracts.EvaluationDir.read(evaluation).to_dict()
     for key, path in (("model", os.path.join(run_dir, TRAIN_TASK, "model")),
                       ("manifest", os.path.join(run_dir, VALIDATE_TASK, "manifest")),
                       ("exported", os.path.join(run_dir, EXPORT_TASK, "exported"))):
@@ -310,9 +310,9 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
     return summary
 
 
-def print_summary(summary: Mapping[str, Any], file: TextIO = sys.stdout) -> None:
+def print_summary(summary: Mapping[str, Any], file: TextIO | None = None) -> None:
     """Where the outputs are, the headline numbers, where the exported model is, what to try next."""
-    say = lambda text="": print(text, file=file)  # noqa: E731
+    say = lambda text="": print(text, file=file or sys.stdout)  # noqa: E731
     say(f"\nfinished in {summary['seconds']:.0f} s; everything is under {summary['run_dir']}")
     for label, key in (("validated data", "manifest"), ("trained model", "model"), ("exported model", "exported")):
         if summary[key]:
@@ -333,6 +333,8 @@ def print_summary(summary: Mapping[str, Any], file: TextIO = sys.stdout) -> None
         say("not exported: the quality gate held it back (its reason is above and in the step logs)")
         return
     exported = os.path.relpath(summary["exported"])
+    if exported.startswith(".."):
+        exported = summary["exported"]
     say("next:")
     say(f"  arcface compare --model {exported} FACE1.jpg FACE2.jpg")
     say(f"  arcface embed --model {exported} FOLDER -o embeddings.npy")
