@@ -46,9 +46,10 @@ _LAZY = {
 }
 
 __all__ = [
+    "exif_orientation", "face_pixels", "model_input",  # from encoded bytes to the model's input
     "CODES", "DataError", "Finding", "Manifest", "ManifestRow", "ValidationResult", "apply_orientation",
-    "augment_image", "crop_and_resize", "decode_image", "exif_orientation", "face_pixels", "make_dataset",
-    "model_input", "normalize", "preprocess", "render_markdown",
+    "augment_image", "crop_and_resize", "decode_image", "make_dataset", "normalize", "preprocess",
+    "render_markdown",
     "resolve_roots", "run_validation", "validate_dataset", "write_outputs",
 ]
 
