@@ -1,9 +1,9 @@
 """Using a trained or exported model: embed face images, compare two faces, search a gallery.
 
 :func:`load_embedder` accepts a training run's folder, a ``.keras`` file, or an export folder (``model.keras``
-or ``saved_model/`` inside), and returns an :class:`Embedder`. Images are decoded and preprocessed by
-:mod:`arcface.data.preprocess`, the functions training and the SavedModel's serving signature use, so an
-embedding here is the embedding the pipeline evaluated.
+or ``saved_model/`` inside), and returns an :class:`Embedder`. Images become model inputs through
+:func:`arcface.data.preprocess.model_input`, the function training, evaluation and the SavedModel's serving
+signature use (EXIF orientation included), so an embedding here is the embedding the pipeline evaluated.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
-    """One image file -> normalized float32 [S, S, 3]; an unreadable file is an error naming it."""
+    """One image file -> normalized float32 [S, S, 3] (``model_input``); an unreadable file is an error naming it."""
     import tensorflow as tf
 
-    from arcface.data.preprocess import decode_image, preprocess
+    from arcface.data.preprocess import model_input
 
     try:
         with open(path, "rb") as f:
@@ -81,7 +81,7 @@ def load_image(path: str, image_size: int, center_crop: float = 1.0) -> np.ndarr
     except OSError as e:
         raise EmbeddingError(f"image {path} cannot be read ({e.strerror}); check the path") from None
     try:
-        return preprocess(decode_image(tf.constant(contents)), image_size, center_crop).numpy()
+        return model_input(tf.constant(contents), image_size, center_crop).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
         raise EmbeddingError(f"image {path} is not a readable image ({e.message.splitlines()[0]}); use JPEG, "
                              "PNG, GIF, BMP or binary PGM/PPM files") from None

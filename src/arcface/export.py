@@ -67,10 +67,11 @@ class ExportError(RuntimeError):
 # The serving module: the graph that goes into the SavedModel, TFLite and ONNX
 # ---------------------------------------------------------------------------------------------------
 def build_serving_module(embedding_model, image_size: int, center_crop: float):
-    """A ``tf.Module`` with the two serving functions; preprocessing is the training pipeline's own."""
+    """A ``tf.Module`` with the two serving functions; the bytes one preprocesses as training does
+    (``model_input``, EXIF orientation read from the bytes inside the graph)."""
     import tensorflow as tf
 
-    from arcface.data.preprocess import decode_image, preprocess
+    from arcface.data.preprocess import model_input
 
     class EmbeddingModule(tf.Module):
         def __init__(self) -> None:
@@ -83,11 +84,9 @@ def build_serving_module(embedding_model, image_size: int, center_crop: float):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def serve_bytes(self, images):
-            def load(contents):
-                return preprocess(decode_image(contents), image_size, center_crop)
-
             spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
-            batch = tf.map_fn(load, images, fn_output_signature=spec)
+            batch = tf.map_fn(lambda contents: model_input(contents, image_size, center_crop), images,
+                              fn_output_signature=spec)
             return self.embed_tensor(batch)
 
     return EmbeddingModule()
@@ -288,15 +287,15 @@ def _read_check_images(paths: Sequence[str]) -> list[bytes]:
 
 
 def _decode_batch(encoded: Sequence[bytes], names: Sequence[str], image_size: int, center_crop: float) -> np.ndarray:
-    """Decode and preprocess eagerly, image by image, so a bad file is named."""
+    """``model_input`` (training's preprocessing) eagerly, image by image, so a bad file is named."""
     import tensorflow as tf
 
-    from arcface.data.preprocess import decode_image, preprocess
+    from arcface.data.preprocess import model_input
 
     images = []
     for contents, name in zip(encoded, names, strict=True):
         try:
-            images.append(preprocess(decode_image(tf.constant(contents)), image_size, center_crop).numpy())
+            images.append(model_input(tf.constant(contents), image_size, center_crop).numpy())
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             raise ExportError(f"check image {name} is not a readable image ({e.message.splitlines()[0]}); "
                               "pass JPEG, PNG, GIF, BMP or binary PGM/PPM face images as check_images") from None

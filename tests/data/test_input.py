@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageOps
+from PIL import Image
 
 from arcface.data import DataError, Manifest, validate_dataset
 from arcface.data.input import make_dataset
-from arcface.data.preprocess import decode_image, preprocess
+from arcface.data.preprocess import model_input
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def _all(ds) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def test_validation_batches_shapes_labels_and_values(sample_manifest):
+def test_validation_batches_shapes_labels_and_values(sample_manifest, pillow_input):
     ds = make_dataset(sample_manifest, "validation", image_size=64, batch_size=8, training=False)
     assert ds.element_spec[0].shape.as_list() == [None, 64, 64, 3] and ds.element_spec[0].dtype == tf.float32
     assert ds.element_spec[1].dtype == tf.int32
@@ -34,10 +34,11 @@ def test_validation_batches_shapes_labels_and_values(sample_manifest):
     names = [sample_manifest.class_names[i] for i in y]
     assert names == [r.identity for r in sample_manifest.split("validation")]
     assert -1.0 <= x.min() < -0.5 and 0.5 < x.max() <= 1.0
-    # Unaugmented validation images are exactly decode -> preprocess, rounded to uint8 levels.
+    # Unaugmented validation images are exactly model_input (every entrance's preprocessing), and that is
+    # Pillow's decode + crop + resize, rounded to uint8 levels (a rare rounding step apart).
     path = sample_manifest.absolute_paths("validation")[0]
-    expected = preprocess(decode_image(tf.io.read_file(path)), 64).numpy()
-    np.testing.assert_allclose(x[0], expected, atol=0.5 / 128 + 1e-6)
+    np.testing.assert_array_equal(x[0], model_input(tf.io.read_file(path), 64).numpy())
+    np.testing.assert_allclose(x[0], pillow_input(path, 64), atol=1 / 128 + 1e-6)
 
 
 def test_training_is_shuffled_deterministically_and_drops_the_remainder(sample_manifest):
@@ -96,17 +97,16 @@ def test_flip_and_augmentation_only_when_training(flip_manifest):
     assert not _flipped(x[[i for i, r in enumerate(flip_manifest.split("validation")) if r.path != "b/rot.jpg"]]).any()
 
 
-def test_exif_orientation_is_applied(flip_manifest):
+def test_exif_orientation_is_applied(flip_manifest, pillow_input):
     rows = flip_manifest.split("validation")
     index = next(i for i, r in enumerate(rows) if r.path == "b/rot.jpg")
     assert (rows[index].orientation, rows[index].width, rows[index].height) == (8, 64, 96)
     x, _ = _all(make_dataset(flip_manifest, "validation", image_size=32, batch_size=64, training=False))
     path = flip_manifest.absolute_paths("validation")[index]
-    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-    expected = preprocess(tf.constant(upright), 32).numpy()
+    expected = pillow_input(path, 32)  # Pillow's exif_transpose
     diff = np.abs(x[index] - expected)  # JPEG decoders differ by a few levels near edges
     assert diff.mean() < 1 / 128 and diff.max() < 12 / 128
-    unrotated = preprocess(decode_image(tf.io.read_file(path)), 32).numpy()
+    unrotated = pillow_input(path, 32, exif=False)
     assert np.abs(x[index] - unrotated).mean() > 20 / 128
 
 
@@ -123,7 +123,7 @@ def test_errors_name_the_fix(sample_manifest):
 
 
 @pytest.mark.shared
-def test_real_lfw_jpegs_through_the_pipeline(lfw_dir, tmp_path):
+def test_real_lfw_jpegs_through_the_pipeline(lfw_dir, tmp_path, pillow_input):
     import shutil
 
     people = [p for p in sorted(lfw_dir.iterdir()) if p.is_dir() and len(list(p.glob("*.jpg"))) >= 2][:4]
@@ -135,6 +135,5 @@ def test_real_lfw_jpegs_through_the_pipeline(lfw_dir, tmp_path):
     manifest = validate_dataset(str(tmp_path), str(tmp_path)).manifest
     x, y = _all(make_dataset(manifest, "validation", image_size=112, batch_size=3, training=False))
     assert x.shape == (4, 112, 112, 3) and y.tolist() == [0, 1, 2, 3]
-    pil = np.asarray(Image.open(manifest.absolute_paths("validation")[0]).convert("RGB"))
-    expected = preprocess(tf.constant(pil), 112).numpy()
+    expected = pillow_input(manifest.absolute_paths("validation")[0], 112)
     assert np.abs(x[0] - expected).mean() < 1.5 / 128

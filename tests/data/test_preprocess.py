@@ -1,4 +1,4 @@
-"""decode_image / apply_orientation / preprocess: plain TF ops that match Pillow's decode of the same file."""
+"""model_input and its stages (decode, EXIF orientation, crop/resize): plain TF ops that match Pillow."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from arcface.artifacts import NORMALIZATION
-from arcface.data.preprocess import apply_orientation, crop_and_resize, decode_image, normalize, preprocess
+from arcface.data.preprocess import (
+    apply_orientation,
+    crop_and_resize,
+    decode_image,
+    exif_orientation,
+    face_pixels,
+    model_input,
+    normalize,
+)
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -92,9 +100,9 @@ def test_apply_orientation_matches_pillow_exif_transpose(orientation, kit):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_preprocess_range_shape_and_normalization():
-    white = tf.fill([50, 70, 3], tf.constant(255, tf.uint8))
-    out = preprocess(white, 112)
+def test_model_input_range_shape_and_normalization():
+    white = _encode(Image.new("RGB", (70, 50), (255, 255, 255)), "PNG")
+    out = model_input(tf.constant(white), 112)
     assert out.shape == (112, 112, 3) and out.dtype == tf.float32
     expected = (255 - NORMALIZATION["mean"]) * NORMALIZATION["scale"]
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
@@ -118,8 +126,90 @@ def test_non_square_is_centre_cropped_then_resized():
 def test_works_inside_a_traced_serving_function(sample_dir, kit):
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
     def serve(contents):
-        return preprocess(decode_image(contents), 64)
+        return model_input(contents, 64)
 
     for data in [(sample_dir / "train" / "s2" / "3.pgm").read_bytes(), kit.jpeg_bytes(kit.asymmetric_rgb())]:
         out = serve(tf.constant(data)).numpy()
         assert out.shape == (64, 64, 3) and out.min() >= -1.0 and out.max() <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# EXIF orientation read inside the graph, against Pillow
+# ---------------------------------------------------------------------------------------------------
+def _jpeg_with_exif(rgb: np.ndarray, tags: dict[int, object], endian: str = "<") -> bytes:
+    exif = Image.Exif()
+    exif.endian = endian  # Pillow writes "II" (little-endian) for "<", "MM" for ">"
+    for tag, value in tags.items():
+        exif[tag] = value
+    return _encode(Image.fromarray(rgb), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow_in_both_byte_orders(orientation, endian, kit):
+    # Tags before and after 0x0112, as cameras write them, so the entry has to be found, not assumed first.
+    tags = {0x010F: "Maker", 0x0110: "Phone 9", 0x0112: orientation, 0x011A: 72.0, 0x0131: "fw 1.2"}
+    data = _jpeg_with_exif(kit.asymmetric_rgb(), tags, endian)
+    assert data[data.index(b"Exif") + 6:][:2] == (b"II" if endian == "<" else b"MM")
+    pillow = Image.open(io.BytesIO(data))
+    assert pillow.getexif()[0x0112] == orientation
+    assert int(exif_orientation(tf.constant(data))) == orientation
+    upright = np.asarray(ImageOps.exif_transpose(pillow))
+    got = face_pixels(tf.constant(data), 48, orientation=None).numpy()
+    assert got.shape == (48, 48, 3)
+    # The full path agrees with Pillow's upright view (crop of the shorter side, no resize: 48 px).
+    side = min(upright.shape[:2])
+    top, left = (upright.shape[0] - side) // 2, (upright.shape[1] - side) // 2
+    assert np.abs(got.astype(int) - upright[top:top + side, left:left + side].astype(int)).max() <= 3
+
+
+def test_exif_orientation_is_one_when_pillow_finds_none(kit):
+    rgb = kit.asymmetric_rgb()
+    no_tag = _jpeg_with_exif(rgb, {0x010F: "Maker"})
+    sources = {
+        "jpeg without exif": _encode(Image.fromarray(rgb), "JPEG"),
+        "exif without the tag": no_tag,
+        # IFD0 offset pointing far past the end of the file: Pillow reads no tags from it.
+        "ifd0 outside the file": no_tag.replace(b"II*\x00\x08\x00\x00\x00", b"II*\x00\xff\xff\x00\x00", 1),
+        "png": _encode(Image.fromarray(rgb), "PNG"), "gif": _encode(Image.fromarray(rgb).convert("P"), "GIF"),
+        "bmp": _encode(Image.fromarray(rgb), "BMP"), "pgm": _encode(Image.fromarray(rgb).convert("L"), "PPM"),
+        "empty": b"",
+    }
+    for name, data in sources.items():
+        if data:
+            assert Image.open(io.BytesIO(data)).getexif().get(0x0112) is None, name
+        assert int(exif_orientation(tf.constant(data))) == 1, name
+    # A tag value outside 1..8 means nothing to Pillow's exif_transpose, and nothing here.
+    assert int(exif_orientation(tf.constant(_jpeg_with_exif(rgb, {0x0112: 9})))) == 1
+
+
+def test_exif_orientation_after_an_app0_segment_and_inside_a_traced_function(kit):
+    data = _jpeg_with_exif(kit.asymmetric_rgb(), {0x0112: 6})
+    assert data[2:4] == b"\xff\xe0"  # Pillow writes JFIF APP0 first, so the Exif APP1 is not at offset 2
+    traced = tf.function(exif_orientation, input_signature=[tf.TensorSpec([], tf.string)])
+    assert int(traced(tf.constant(data))) == 6
+
+
+def test_model_input_matches_the_pillow_reference(sample_dir, kit, pillow_input):
+    face = np.asarray(Image.open(sample_dir / "train" / "s3" / "2.pgm").convert("RGB"))
+    files = {"pgm": _encode(Image.fromarray(face).convert("L"), "PPM"),
+             "png": _encode(Image.fromarray(face), "PNG"),
+             "jpeg tag 6": _jpeg_with_exif(np.rot90(face, 1).copy(), {0x0112: 6})}
+    for name, data in files.items():
+        for size, crop in ((64, 0.9), (112, 1.0)):
+            got = model_input(tf.constant(data), size, crop).numpy()
+            expected = pillow_input(data, size, crop)
+            # Lossless files: the resamplers agree to 0.002 levels, so a rare rounding step flips (1/128).
+            # JPEG: TF's decoder (fast integer IDCT) and Pillow's differ by about a level, up to ~9 at edges.
+            max_levels, mean_levels = (10, 1.5) if "jpeg" in name else (1, 0.01)
+            diff = np.abs(got - expected) * 128
+            assert diff.max() <= max_levels + 1e-4 and diff.mean() < mean_levels, (name, size)
+
+
+def test_the_orientation_given_replaces_the_one_in_the_bytes(kit):
+    rgb = kit.asymmetric_rgb()
+    data = _jpeg_with_exif(rgb, {0x0112: 3})
+    as_stored = face_pixels(tf.constant(data), 48, orientation=1).numpy()
+    rotated = face_pixels(tf.constant(data), 48).numpy()
+    np.testing.assert_array_equal(rotated, as_stored[::-1, ::-1])
+    np.testing.assert_array_equal(face_pixels(tf.constant(data), 48, orientation=tf.constant(3)).numpy(), rotated)

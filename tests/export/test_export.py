@@ -44,13 +44,63 @@ def sample_images(sample_dir: Path) -> list[str]:
     return sorted(str(p) for p in (sample_dir / "validation").rglob("*.pgm"))
 
 
-def reference(model_dir: Path, paths: list[str]) -> np.ndarray:
-    """decode + preprocess (the training pipeline's functions) + the Keras model."""
-    from arcface.embedding import load_image
+# Tolerances of the independent parity check. Against the Keras model fed the same tensor, a float32 file
+# computes the same graph in another runtime, so only summation order and fused kernels differ; float16
+# weights change the numbers but not the direction. The bytes signature preprocesses in its graph while the
+# reference preprocesses with Pillow + numpy: lossless files differ by a rare rounding step (one level at a
+# few pixels), JPEGs by TF's and Pillow's decoders (about a level on average).
+SAME_TENSOR_MAX_ABS_DIFF = 1e-4
+FLOAT16_MIN_COSINE = 0.999
+LOSSLESS_BYTES_MAX_ABS_DIFF = 2e-4  # measured: 3e-5 on the ORL sample
+JPEG_BYTES_MIN_COSINE = 0.9995  # measured: 1 - 7.5e-5 on LFW
 
+
+def reference(model_dir: Path, paths: list[str], pillow_input) -> tuple[np.ndarray, np.ndarray]:
+    """The test's own reference: Pillow + numpy preprocessing (tests/conftest.py) into the Keras model."""
     model = artifacts.load_keras(model_dir / artifacts.EMBEDDING_MODEL_FILE)
-    batch = np.stack([load_image(p, IMAGE_SIZE, CENTER_CROP) for p in paths])
+    batch = np.stack([pillow_input(p, IMAGE_SIZE, CENTER_CROP) for p in paths])
     return np.asarray(model(batch, training=False)), batch
+
+
+def run_each_file(out: Path, paths: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Every exported file loaded in its own runtime; the SavedModel's bytes signature gets the files' bytes."""
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    saved = tf.saved_model.load(str(out / "saved_model"))
+    encoded = tf.constant([Path(p).read_bytes() for p in paths])
+    got = {"saved_model bytes": saved.signatures["serving_default"](images=encoded)["embedding"].numpy(),
+           "saved_model tensor": saved.signatures["embed_tensor"](image=tf.constant(batch))["embedding"].numpy(),
+           "keras": np.asarray(artifacts.load_keras(out / "model.keras")(batch, training=False))}
+    for name in ("model.tflite", "model_float16.tflite"):
+        interpreter = tf.lite.Interpreter(model_path=str(out / name))
+        source = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(source["index"], list(batch.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], batch)
+        interpreter.invoke()
+        got[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got["onnx"] = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    return got
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def assert_matches_reference(got: dict[str, np.ndarray], expected: np.ndarray, *, lossless: bool) -> None:
+    for name, embeddings in got.items():
+        assert embeddings.shape == expected.shape, name
+        assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4), name
+        if name == "model_float16.tflite":
+            assert cosines(embeddings, expected).min() >= FLOAT16_MIN_COSINE, name
+        elif name == "saved_model bytes" and not lossless:
+            assert cosines(embeddings, expected).min() >= JPEG_BYTES_MIN_COSINE, name
+        else:
+            limit = LOSSLESS_BYTES_MAX_ABS_DIFF if name == "saved_model bytes" else SAME_TENSOR_MAX_ABS_DIFF
+            assert np.abs(embeddings - expected).max() <= limit, name
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +140,13 @@ def test_every_format_is_written_with_a_model_card(exported):
     assert "threshold: 0.42" in (out / "model_card.md").read_text()
 
 
-def test_parity_figures_are_within_limits(exported):
-    _, card = exported
-    for name in ("saved_model", "saved_model_bytes", "keras", "tflite", "onnx"):
-        assert card["parity"][name]["max_abs_diff"] <= 1e-4, name
-    assert card["parity"]["tflite_float16"]["min_cosine"] >= 0.999
+def test_every_file_in_its_runtime_matches_an_independent_reference_on_orl_faces(exported, model_dir, sample_dir,
+                                                                                  pillow_input):
+    out, card = exported
+    paths = sample_images(sample_dir)
+    expected, batch = reference(model_dir, paths, pillow_input)
+    assert_matches_reference(run_each_file(out, paths, batch), expected, lossless=True)
+    assert set(card["parity"]) == {"saved_model", "saved_model_bytes", "keras", "tflite", "tflite_float16", "onnx"}
 
 
 def test_kfp_model_metadata(exported):
@@ -106,26 +158,16 @@ def test_kfp_model_metadata(exported):
 
 
 @pytest.mark.shared
-def test_every_runtime_matches_keras_on_orl_and_lfw_faces(exported, model_dir, shared_faces):
-    """PGM (ORL) and JPEG (LFW) through each runtime, against decode + preprocess + Keras."""
+def test_every_file_in_its_runtime_matches_an_independent_reference_on_orl_and_lfw(exported, model_dir,
+                                                                                    shared_faces, pillow_input):
+    """PGM (ORL, lossless) and JPEG (LFW) faces; see the tolerances above for what each comparison allows."""
     out, _ = exported
-    paths = sorted(str(p) for p in (shared_faces / "orl_faces").rglob("*.pgm"))[:4]
-    paths += sorted(str(p) for p in (shared_faces / "lfw_deepfunneled").rglob("*.jpg"))[:4]
-    assert len(paths) == 8
-    expected, batch = reference(model_dir, paths)
-    encoded = [Path(p).read_bytes() for p in paths]
-    got = {
-        "saved_model bytes": export_mod._run_saved_model_bytes(str(out / "saved_model"), encoded),
-        "saved_model tensor": export_mod._run_saved_model_tensor(str(out / "saved_model"), batch),
-        "keras": export_mod._run_keras(str(out / "model.keras"), batch),
-        "tflite": export_mod._run_tflite(str(out / "model.tflite"), batch),
-        "onnx": export_mod._run_onnx(str(out / "model.onnx"), batch),
-    }
-    for name, embeddings in got.items():
-        assert np.abs(embeddings - expected).max() <= 1e-4, name
-        assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4), name
-    quantized = export_mod._run_tflite(str(out / "model_float16.tflite"), batch)
-    assert export_mod._cosines(quantized, expected).min() >= 0.999
+    orl = sorted(str(p) for p in (shared_faces / "orl_faces").rglob("*.pgm"))[:4]
+    lfw = sorted(str(p) for p in (shared_faces / "lfw_deepfunneled").rglob("*.jpg"))[:4]
+    assert len(orl) == len(lfw) == 4
+    for paths, lossless in ((orl, True), (lfw, False)):
+        expected, batch = reference(model_dir, paths, pillow_input)
+        assert_matches_reference(run_each_file(out, paths, batch), expected, lossless=lossless)
 
 
 def test_a_broken_export_fails_and_publishes_nothing(model_dir, sample_dir, tmp_path, monkeypatch):

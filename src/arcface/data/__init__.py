@@ -1,7 +1,7 @@
 """Dataset validation (the pipeline's first step) and the tf.data input pipeline.
 
 ``validate_dataset``/``run_validation`` and the manifest need only Pillow; the TF parts (``make_dataset``,
-``decode_image``, ``preprocess``) import TensorFlow on first use, so the validation step starts fast.
+``model_input``, ``face_pixels``) import TensorFlow on first use, so the validation step starts fast.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from arcface.data.validate import (
 if TYPE_CHECKING:
     from arcface.data import preprocess
     from arcface.data.input import make_dataset
-    from arcface.data.preprocess import apply_orientation, crop_and_resize, decode_image, normalize
+    from arcface.data.preprocess import (
+        apply_orientation,
+        crop_and_resize,
+        decode_image,
+        exif_orientation,
+        face_pixels,
+        model_input,
+        normalize,
+    )
 
 _LAZY = {
     "make_dataset": "arcface.data.input",
@@ -31,9 +39,13 @@ _LAZY = {
     "normalize": "arcface.data.preprocess",
     "crop_and_resize": "arcface.data.preprocess",
     "apply_orientation": "arcface.data.preprocess",
+    "exif_orientation": "arcface.data.preprocess",
+    "face_pixels": "arcface.data.preprocess",
+    "model_input": "arcface.data.preprocess",
 }
 
 __all__ = [
+    "exif_orientation", "face_pixels", "model_input",  # from encoded bytes to the model's input
     "CODES", "DataError", "Finding", "Manifest", "ManifestRow", "ValidationResult", "apply_orientation",
     "augment_image", "crop_and_resize", "decode_image", "make_dataset", "normalize", "preprocess",
     "render_markdown",
@@ -44,7 +56,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name == "preprocess":  # the module (decode_image, preprocess, ...), imported on first use
+    if name == "preprocess":  # the module (model_input, decode_image, ...), imported on first use
         return importlib.import_module("arcface.data.preprocess")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

@@ -10,7 +10,9 @@ Order of the stages, and why:
   with the images: stateless ops with per-element seeds, so a run is reproducible given ``seed`` even with
   parallel map calls, and the draws change every epoch.
 
-Decoded crops are rounded to uint8 in every mode, so ``cache`` does not change a single pixel.
+Every image is loaded by :func:`arcface.data.preprocess.face_pixels` (with the manifest's EXIF orientation),
+the function every other entrance (evaluation, export, serving, ``arcface embed``) uses too; its uint8 output
+is what the cache holds, so ``cache`` does not change a single pixel.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from arcface.data.manifest import DataError, Manifest
-from arcface.data.preprocess import apply_orientation, crop_and_resize, decode_image, normalize
+from arcface.data.preprocess import face_pixels, normalize
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -29,13 +31,9 @@ CONTRAST_RANGE = (0.9, 1.1)
 MAX_SHUFFLE_BUFFER_CACHED = 16_384  # decoded crops held for shuffling when cache=True
 
 
-def _load(image_size: int, center_crop: float, orient: bool):
+def _load(image_size: int, center_crop: float):
     def load(path: tf.Tensor, label: tf.Tensor, orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = decode_image(tf.io.read_file(path))
-        if orient:  # only when some row has an EXIF orientation: one op fewer per image otherwise
-            image = apply_orientation(image, orientation)
-        image = crop_and_resize(image, image_size, center_crop)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+        return face_pixels(tf.io.read_file(path), image_size, center_crop, orientation), label
 
     return load
 
@@ -85,7 +83,7 @@ def make_dataset(manifest: Manifest, split: str, *, image_size: int, batch_size:
         tf.constant(labels, tf.int32),
         tf.constant([r.orientation for r in rows], tf.int32),
     ))
-    load = _load(image_size, center_crop, orient=any(r.orientation != 1 for r in rows))
+    load = _load(image_size, center_crop)
     if training and not cache:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -1,15 +1,20 @@
-"""Decoding and preprocessing of one face image, as plain TF ops.
+"""From encoded image bytes to the model's input tensor, as plain TF ops: the one way every entrance does it.
 
-The same functions run in the training input pipeline and in the exported model's serving signature, so they
-hold no Python-side state and call no Python code (no ``tf.numpy_function``): a SavedModel that embeds them
-decodes and normalizes images exactly as training did.
+:func:`model_input` is what training, evaluation, the export's parity check, the SavedModel's bytes signature
+and :class:`arcface.embedding.Embedder` all call, so a model is served the pixels it was trained on. It holds
+no Python-side state and calls no Python code (no ``tf.numpy_function``), so a SavedModel embeds it whole.
+
+The stages, each its own function:
 
 * :func:`decode_image`: encoded bytes (JPEG, PNG, GIF, BMP, binary PGM/PPM) -> uint8 ``[H, W, 3]``. Grey
   images are replicated to three channels, palettes expanded, alpha dropped, 16-bit samples scaled to 8 bits.
   ``tf.io.decode_image`` does not read PGM/PPM, so those are parsed here from their header.
-* :func:`apply_orientation`: the EXIF orientation (1..8) recorded in the manifest, applied as flips/rotations.
-* :func:`preprocess`: centre crop, bilinear resize to ``image_size``, and ``(x - 127.5) / 128``
-  (:data:`arcface.artifacts.NORMALIZATION`).
+* :func:`exif_orientation`: the EXIF orientation tag of a JPEG, read inside the graph (1 when there is none);
+  the manifest's orientation (computed by validation with Pillow) is passed instead when it is known.
+* :func:`apply_orientation`: the orientation (1..8) applied as flips/rotations, so the face is upright.
+* :func:`crop_and_resize`: centre crop, antialiased bilinear resize to ``image_size``.
+* :func:`face_pixels`: all of the above, rounded to uint8 (half to even) -- what training caches and augments.
+* :func:`normalize`: ``(x - 127.5) / 128`` (:data:`arcface.artifacts.NORMALIZATION`).
 """
 
 from __future__ import annotations
@@ -71,6 +76,62 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(image, [None, None, 3])
 
 
+# EXIF in a JPEG: an APP1 segment whose payload is "Exif\0\0" then a TIFF header ("II*\0" little-endian or
+# "MM\0*" big-endian, then the u32 offset of IFD0 from the header). IFD0 is a u16 entry count followed by
+# 12-byte entries: tag u16, type u16, count u32, value (a SHORT sits in the first two bytes). A segment is at
+# most 64 KiB and APP1 comes right after SOI (or the APP0 JFIF segment), so the first 64 KiB hold it.
+_EXIF_SEARCH_BYTES = 1 << 16
+_EXIF_MARKERS = (b"Exif\0\0II*\0", b"Exif\0\0MM\0*")
+_MAX_IFD_ENTRIES = 256  # IFD0 tags are sorted ascending, so 0x0112 is among the first few
+_ORIENTATION_TAG = 0x0112
+_SHORT, _LONG = 3, 4
+
+
+def exif_orientation(contents: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (int32 1..8) of a JPEG's IFD0, as Pillow's ``getexif()[0x0112]`` reads it.
+
+    1 for every other format, for a JPEG without EXIF or without the tag, and for a value outside 1..8 or
+    an entry that points outside the file (as the validation step does): never an error, so a damaged EXIF
+    block cannot make an otherwise readable image unreadable.
+    """
+    contents = tf.convert_to_tensor(contents, tf.string)
+    head = tf.io.decode_raw(tf.strings.substr(contents, 0, _EXIF_SEARCH_BYTES), tf.uint8)
+    n = tf.cast(tf.size(head), tf.int64)
+    # Zero padding: every read below stays in range whatever the offsets say; `n` tells real bytes.
+    data = tf.pad(head, [[0, _EXIF_SEARCH_BYTES + 16 - tf.size(head)]])
+
+    def at(index: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.gather(data, tf.clip_by_value(index, 0, _EXIF_SEARCH_BYTES + 15)), tf.int64)
+
+    # A vectorised search: every 'E' is a candidate, and its next 10 bytes are compared with both markers.
+    # Position 0 is appended so the list is never empty (a JPEG starts with 0xFF, so it never matches there).
+    candidates = tf.concat([tf.where(head == ord("E"))[:, 0], tf.zeros([1], tf.int64)], axis=0)
+    window = at(candidates[:, None] + tf.range(len(_EXIF_MARKERS[0]), dtype=tf.int64))
+    markers = tf.constant([list(m) for m in _EXIF_MARKERS], tf.int64)
+    hits = tf.reduce_any(tf.reduce_all(window[:, None, :] == markers[None], axis=2), axis=1)
+    is_jpeg = (at(0) == 0xFF) & (at(1) == 0xD8)
+    tiff = tf.gather(candidates, tf.argmax(tf.cast(hits, tf.int32), output_type=tf.int64)) + 6
+    little = at(tiff) == ord("I")
+
+    def u16(index: tf.Tensor) -> tf.Tensor:
+        lo, hi = tf.where(little, at(index), at(index + 1)), tf.where(little, at(index + 1), at(index))
+        return lo + 256 * hi
+
+    def u32(index: tf.Tensor) -> tf.Tensor:
+        lo, hi = tf.where(little, u16(index), u16(index + 2)), tf.where(little, u16(index + 2), u16(index))
+        return lo + 65536 * hi
+
+    ifd = tiff + u32(tiff + 4)
+    entries = ifd + 2 + 12 * tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64)
+    kind = u16(entries + 2)
+    value = tf.where(kind == _LONG, u32(entries + 8), u16(entries + 8))
+    is_orientation = ((tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64) < u16(ifd)) & (entries + 12 <= n)
+                      & (u16(entries) == _ORIENTATION_TAG) & ((kind == _SHORT) | (kind == _LONG)))
+    orientation = tf.gather(value, tf.argmax(tf.cast(is_orientation, tf.int32), output_type=tf.int64))
+    known = is_jpeg & tf.reduce_any(hits) & tf.reduce_any(is_orientation) & (orientation >= 1) & (orientation <= 8)
+    return tf.cast(tf.where(known, orientation, 1), tf.int32)
+
+
 def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """Apply an EXIF orientation tag (1..8; anything else is treated as 1) so the image is upright.
 
@@ -109,6 +170,26 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
     return (tf.cast(image, tf.float32) - MEAN) * SCALE
 
 
-def preprocess(image_uint8: tf.Tensor, image_size: int, center_crop: float = 1.0) -> tf.Tensor:
-    """uint8 ``[H, W, 3]`` -> normalized float32 ``[image_size, image_size, 3]`` (what every model is fed)."""
-    return normalize(crop_and_resize(image_uint8, image_size, center_crop))
+def face_pixels(contents: tf.Tensor, image_size: int, center_crop: float = 1.0,
+                orientation: tf.Tensor | int | None = None) -> tf.Tensor:
+    """Encoded image bytes -> the upright, cropped and resized face as uint8 ``[S, S, 3]``.
+
+    ``orientation`` is the EXIF orientation when the caller knows it (the manifest's); ``None`` reads it from
+    the bytes (:func:`exif_orientation`). Rounding to uint8 levels here is the one rounding rule, so caching
+    these pixels (training's ``cache=True``) changes nothing.
+    """
+    contents = tf.convert_to_tensor(contents, tf.string)
+    if orientation is None:
+        orientation = exif_orientation(contents)
+    image = apply_orientation(decode_image(contents), orientation)
+    resized = crop_and_resize(image, image_size, center_crop)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def model_input(contents: tf.Tensor, image_size: int, center_crop: float = 1.0,
+                orientation: tf.Tensor | int | None = None) -> tf.Tensor:
+    """Encoded image bytes -> normalized float32 ``[image_size, image_size, 3]``: what every model is fed.
+
+    See :func:`face_pixels` for ``orientation``.
+    """
+    return normalize(face_pixels(contents, image_size, center_crop, orientation))

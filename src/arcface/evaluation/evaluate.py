@@ -57,18 +57,14 @@ def _size_error(model_hw: tuple[int, int], got: str, fix: str) -> EvaluationErro
 
 
 def _path_dataset(paths: Sequence[str], image_size: int, center_crop: float, batch_size: int):
-    """Batches of normalized images read from files, decoded exactly as the training input pipeline does.
-
-    ``make_dataset`` rounds the resized crop to uint8 before normalizing; so does this, so that an image
-    embeds the same here as in training and validation.
-    """
+    """Batches of model inputs read from files by ``model_input``, the function training uses (here with the
+    EXIF orientation read from each file, as there is no manifest)."""
     import tensorflow as tf
 
-    from arcface.data.preprocess import crop_and_resize, decode_image, normalize
+    from arcface.data.preprocess import model_input
 
     def load(path):
-        image = crop_and_resize(decode_image(tf.io.read_file(path)), image_size, center_crop)
-        return normalize(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8))
+        return model_input(tf.io.read_file(path), image_size, center_crop)
 
     return (tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
             .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
