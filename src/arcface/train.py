@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -475,9 +476,10 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         os.makedirs(os.path.join(self.save_path, artifacts.LOG_DIR), exist_ok=True)
-        for path in artifacts.remove_stale_temporaries(self.save_path):
-            log.info("removed %s, left by a run that was killed while writing it", path)
-        self._announce(self.restore_or_start())
+        self._remove_leftovers_of_killed_runs()
+        how_it_starts = self.restore_or_start()
+        self.config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
+        self._announce(how_it_starts)
         budget, speed = Budget(self.config.max_minutes), Throughput()
         stopped = "nothing-to-do" if self.epochs_done >= self.config.epochs and not self.history.records \
             else "completed"
@@ -495,9 +497,17 @@ class Trainer:
                     break
         return self._save_final(stopped, speed)
 
+    def _remove_leftovers_of_killed_runs(self) -> None:
+        # TensorFlow writes a checkpoint's shards into <name>_temp/ before merging them; a kill in between
+        # leaves that folder, which no later save removes.
+        unfinished = glob.glob(os.path.join(self.save_path, artifacts.CHECKPOINT_DIR, "*_temp"))
+        for path in unfinished:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in [*unfinished, *artifacts.remove_stale_temporaries(self.save_path)]:
+            log.info("removed %s, left by a run that was killed while writing it", path)
+
     def _announce(self, how_it_starts: str) -> None:
         config = self.config
-        config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
         self._say(f"arcface {__version__}: {config.backbone} + {config.margin} head (s={config.enhance}, "
                   f"m={config.margins}), {len(self.class_names)} identities, {self.n_train} training images")
         self._say(f"replicas: {self.replicas}, global batch size: {config.batch_size} "
