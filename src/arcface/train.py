@@ -397,8 +397,8 @@ class Trainer:
         if not self.manifest.split("validation"):
             return None
         dataset = self.make_dataset(self.manifest, "validation", image_size=self.config.image_size,
-                                          batch_size=max(self.config.batch_size, 32), training=False,
-                                          center_crop=self.config.center_crop)
+                                    batch_size=max(self.config.batch_size, 32), training=False,
+                                    center_crop=self.config.center_crop)
         correct = total = 0
         for images, labels in dataset:
             features = self.backbone(images, training=False)
@@ -456,12 +456,11 @@ class Trainer:
         return "starting from scratch"
 
     def _restore(self, latest: str) -> None:
-        self.history.records = None
         status = self.checkpoint.restore(latest)
-        if self.history.records is None:  # written before the history moved into the checkpoint
-            self.history.records = self._history_from_metadata()
-        else:
+        if any(name.startswith("history/") for name, _ in tf.train.list_variables(latest)):
             status.assert_existing_objects_matched()
+        else:  # written before the history moved into the checkpoint
+            self.history.records = self._history_from_metadata()
 
     def _history_from_metadata(self) -> list[dict[str, Any]]:
         path = os.path.join(self.save_path, artifacts.METADATA_FILE)
@@ -481,8 +480,8 @@ class Trainer:
         self.config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
         self._announce(how_it_starts)
         budget, speed = Budget(self.config.max_minutes), Throughput()
-        stopped = "nothing-to-do" if self.epochs_done >= self.config.epochs and not self.history.records \
-            else "completed"
+        nothing_to_do = self.epochs_done >= self.config.epochs and not self.history.records
+        stopped = "nothing-to-do" if nothing_to_do else "completed"
         with EpochLog(os.path.join(self.save_path, artifacts.LOG_DIR)) as epoch_log:
             while self.epochs_done < self.config.epochs:
                 meter = self._train_epoch(budget, speed)
