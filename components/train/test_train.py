@@ -8,9 +8,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from kfp import dsl, local
 
+from arcface import artifacts
 from arcface.config import TrainConfig
 from components.train import train_model
 
@@ -50,6 +52,20 @@ def test_function_trains_into_the_model_artifact():
     for name in ("config.yaml", "metadata.json", "training_model.keras", "embedding_model.keras"):
         assert os.path.isfile(os.path.join(model_dir, name)), name
     assert os.path.isdir(os.path.join(model_dir, "checkpoints"))
+
+    from arcface.data import Manifest, make_dataset
+
+    trained = artifacts.load_model_dir(model_dir)
+    assert trained.metadata["epochs_completed"] == TINY.epochs
+    assert [h["epoch"] for h in trained.metadata["history"]] == list(range(1, TINY.epochs + 1))
+    assert trained.class_names == ["s1", "s2", "s3"]
+    faces = make_dataset(Manifest.read(os.path.join(manifest_dir, "manifest.json")), "validation",
+                         image_size=TINY.image_size, batch_size=64, training=False)
+    images, _ = next(iter(faces))
+    embeddings = np.asarray(trained.embedding_model(images, training=False))
+    assert embeddings.shape == (images.shape[0], TINY.embedding_size)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
+    assert len(np.unique(embeddings.round(4), axis=0)) == len(embeddings), "different faces, different embeddings"
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 from arcface import __version__, artifacts, atomic
 from arcface.config import TrainConfig
+from arcface.data import make_dataset
 from arcface.models import MarginHead, build_models
 
 log = logging.getLogger("arcface.train")
@@ -154,18 +156,131 @@ def load_initial_weights(training_model: keras.Model, backbone: keras.Model, hea
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Pieces of the loop
+# ---------------------------------------------------------------------------------------------------------
+TRAINING_CSV = "training.csv"  # under artifacts.LOG_DIR
+
+
+class History(tf.train.experimental.PythonState):
+    """One record per finished epoch, saved inside every checkpoint.
+
+    Saved with the weights in one write, a resume restores exactly the epochs those weights went through,
+    wherever the previous run was killed: no epoch is lost or counted twice.
+    """
+
+    def __init__(self):
+        self.records: list[dict[str, Any]] = []
+
+    def serialize(self) -> str:
+        return json.dumps(self.records)
+
+    def deserialize(self, string_value) -> None:
+        self.records = json.loads(string_value)
+
+    def best_val_accuracy(self) -> float | None:
+        return max((h["val_accuracy"] for h in self.records if h.get("val_accuracy") is not None), default=None)
+
+
+class Budget:
+    """The wall-clock budget of --max_minutes, counted from the start of the run."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60 if minutes > 0 else math.inf
+        self.start = time.monotonic()
+
+    def spent(self) -> bool:
+        return time.monotonic() - self.start > self.seconds
+
+
+class Throughput:
+    """Images per second of the training steps alone (data loading, validation and saving left out)."""
+
+    def __init__(self):
+        self.images, self.seconds = 0, 0.0
+
+    def add(self, images: int, seconds: float) -> None:
+        self.images += images
+        self.seconds += seconds
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+class EpochMeter:
+    """The sums over one epoch's steps: the progress bar while it runs, the history record at its end."""
+
+    def __init__(self, steps_per_epoch: int, verbose: int):
+        self.bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"],
+                                       verbose=1 if verbose else 0)
+        self.ce = self.decay = self.correct = 0.0
+        self.steps = self.images = 0
+        self.start = time.monotonic()
+
+    def add(self, step: int, ce: float, decay: float, correct: float, images: int, rate: float) -> None:
+        self.ce, self.decay, self.correct = self.ce + ce, self.decay + decay, self.correct + correct
+        self.steps, self.images = self.steps + 1, self.images + images
+        self.bar.update(step + 1, [("loss", self.ce / self.steps + decay),
+                                   ("accuracy", self.correct / self.images), ("img/s", rate)])
+
+    def record(self, epoch: int, val_accuracy: float | None, lr: float) -> dict[str, Any]:
+        steps = max(1, self.steps)
+        return {"epoch": epoch, "loss": self.ce / steps + self.decay / steps, "cross_entropy": self.ce / steps,
+                "accuracy": self.correct / max(1, self.images), "val_accuracy": val_accuracy, "lr": lr,
+                "images_per_second": self.images / max(time.monotonic() - self.start, 1e-9)}
+
+
+def write_training_csv(path: str, history: list[dict[str, Any]]) -> None:
+    """The whole history, rewritten atomically: a row appended per epoch would double after a resume."""
+    if not history:
+        return
+    with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+class EpochLog:
+    """logs/: training.csv and TensorBoard events, through one event writer for the whole run."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def __enter__(self) -> EpochLog:
+        self.writer = tf.summary.create_file_writer(self.folder)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writer.close()
+
+    def add(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        write_training_csv(os.path.join(self.folder, TRAINING_CSV), history)
+        # The TensorBoard package is not a TensorFlow dependency any more; the core op writes the same
+        # events, tagged for the scalars plugin, so `tensorboard --logdir` draws them.
+        from tensorflow.core.framework import summary_pb2
+
+        scalar = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        with self.writer.as_default():
+            for key, value in record.items():
+                if key != "epoch" and value is not None:
+                    tf.summary.write(key, tf.constant(float(value)), step=record["epoch"], metadata=scalar)
+        self.writer.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------------------
 ARCHITECTURE_FIELDS = ("backbone", "n_classes", "image_size", "embedding_size", "margin", "optimizer")
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, manifest, *, verbose: int = 1):
-        from arcface import data
-
+    def __init__(self, config: TrainConfig, manifest, *, verbose: int = 1, make_dataset=make_dataset):
+        """``make_dataset`` builds the batches of a split (``arcface.data.make_dataset``'s signature)."""
         self.config = config.validate()
         self.manifest = manifest
         self.verbose = verbose
+        self.make_dataset = make_dataset
         self.save_path = os.path.abspath(config.save_path)
         self.n_train = len(manifest.split("train"))
         self.class_names = list(manifest.class_names)
@@ -188,7 +303,6 @@ class Trainer:
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self._data = data
 
         # The policy is global in Keras: set it both ways, so one mixed-precision run does not leak into the next.
         keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
@@ -206,8 +320,10 @@ class Trainer:
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.decayed = [v for v in decayed_variables(self.training_model)
                         if not (self.partial_fc and v is self.head.centers)]
+        self.history = History()
         self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
-                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch)
+                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+                                              history=self.history)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.save_path, artifacts.CHECKPOINT_DIR), max_to_keep=2)
         self._train_step = self._make_train_step()
@@ -280,9 +396,9 @@ class Trainer:
         # The validation step keeps only identities that are also trained on, so every row has a label.
         if not self.manifest.split("validation"):
             return None
-        dataset = self._data.make_dataset(self.manifest, "validation", image_size=self.config.image_size,
-                                          batch_size=max(self.config.batch_size, 32), training=False,
-                                          center_crop=self.config.center_crop)
+        dataset = self.make_dataset(self.manifest, "validation", image_size=self.config.image_size,
+                                    batch_size=max(self.config.batch_size, 32), training=False,
+                                    center_crop=self.config.center_crop)
         correct = total = 0
         for images, labels in dataset:
             features = self.backbone(images, training=False)
@@ -332,144 +448,167 @@ class Trainer:
                         f"the checkpoint in {self.save_path} was trained with another "
                         + ", ".join(f"{f} ({getattr(previous, f)!r}, now {getattr(config, f)!r})" for f in changed)
                         + "; use a new --save_path, or the same values to resume")
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            return (f"resuming from {os.path.basename(latest)} at epoch {int(self.epoch.numpy()) + 1}, "
+            self._restore(latest)
+            return (f"resuming from {os.path.basename(latest)} at epoch {self.epochs_done + 1}, "
                     f"step {int(self.step_in_epoch.numpy())}")
         if config.use_param_folder:
             return load_initial_weights(self.training_model, self.backbone, self.head, config.use_param_folder)
         return "starting from scratch"
 
-    def fit(self) -> TrainResult:
-        config = self.config
-        os.makedirs(os.path.join(self.save_path, artifacts.LOG_DIR), exist_ok=True)
-        for path in artifacts.remove_stale_temporaries(self.save_path):
-            log.info("removed %s, left by a run that was killed while writing it", path)
-        message = self.restore_or_start()
-        config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
-        say = print if self.verbose else log.info
-        say(f"arcface {__version__}: {config.backbone} + {config.margin} head (s={config.enhance}, "
-            f"m={config.margins}), {len(self.class_names)} identities, {self.n_train} training images")
-        say(f"replicas: {self.replicas}, global batch size: {config.batch_size} "
-            f"({config.batch_size // self.replicas} per replica), {self.steps_per_epoch} steps per epoch; {message}")
+    def _restore(self, latest: str) -> None:
+        status = self.checkpoint.restore(latest)
+        if any(name.startswith("history/") for name, _ in tf.train.list_variables(latest)):
+            status.assert_existing_objects_matched()
+        else:  # written before the history moved into the checkpoint
+            self.history.records = self._history_from_metadata()
 
-        history = self._read_history()
-        best = max((h["val_accuracy"] for h in history if h.get("val_accuracy") is not None), default=None)
-        start = time.monotonic()
-        budget = config.max_minutes * 60 if config.max_minutes > 0 else math.inf
-        stopped = "completed"
-        images_seen, busy = 0, 0.0
-        while int(self.epoch.numpy()) < config.epochs:
-            epoch = int(self.epoch.numpy())
-            skip = int(self.step_in_epoch.numpy())
-            dataset = self._data.make_dataset(
-                self.manifest, "train", image_size=config.image_size, batch_size=config.batch_size,
-                training=True, seed=config.seed + epoch, center_crop=config.center_crop, augment=config.augment,
-                cache=config.cache, drop_remainder=self.drop_remainder).take(self.steps_per_epoch).skip(skip)
-            dataset = self.strategy.experimental_distribute_dataset(dataset)
-            bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"],
-                                      verbose=1 if self.verbose else 0)
-            sums = {"ce": 0.0, "decay": 0.0, "correct": 0.0, "n": 0}
-            epoch_start = time.monotonic()
-            for step, (images, labels) in enumerate(dataset, start=skip):
-                t0 = time.monotonic()
-                ce, decay, correct = self._train_step(images, labels)
-                ce, decay = float(ce), float(decay)
-                busy += time.monotonic() - t0
-                if not (math.isfinite(ce) and math.isfinite(decay)):
-                    last = self.manager.latest_checkpoint
-                    raise TrainingError(
-                        f"the loss became {'NaN' if math.isnan(ce) else 'infinite'} at epoch {epoch + 1}, step "
-                        f"{step + 1}; training stopped and the last good checkpoint "
-                        f"({os.path.basename(last) if last else 'none yet'}) is kept. Lower --lr (now {config.lr}), "
-                        "set --clipnorm (e.g. 5), or check the data for broken images")
-                n = config.batch_size
-                images_seen += n
-                sums["ce"] += ce
-                sums["decay"] += decay
-                sums["correct"] += float(correct)
-                sums["n"] += n
-                self.step_in_epoch.assign(step + 1)
-                rate = images_seen / busy if busy else 0.0
-                bar.update(step + 1, [("loss", sums["ce"] / max(1, step + 1 - skip) + decay),
-                                      ("accuracy", sums["correct"] / sums["n"]), ("img/s", rate)])
-                if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 \
-                        and step + 1 < self.steps_per_epoch:
-                    self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step + 1)
-                if time.monotonic() - start > budget:
+    def _history_from_metadata(self) -> list[dict[str, Any]]:
+        path = os.path.join(self.save_path, artifacts.METADATA_FILE)
+        if not os.path.exists(path):
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [h for h in json.load(f).get("history", []) if h["epoch"] <= self.epochs_done]
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.epoch.numpy())
+
+    def fit(self) -> TrainResult:
+        os.makedirs(os.path.join(self.save_path, artifacts.LOG_DIR), exist_ok=True)
+        self._remove_leftovers_of_killed_runs()
+        how_it_starts = self.restore_or_start()
+        self.config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
+        self._announce(how_it_starts)
+        budget, speed = Budget(self.config.max_minutes), Throughput()
+        nothing_to_do = self.epochs_done >= self.config.epochs and not self.history.records
+        stopped = "nothing-to-do" if nothing_to_do else "completed"
+        with EpochLog(os.path.join(self.save_path, artifacts.LOG_DIR)) as epoch_log:
+            while self.epochs_done < self.config.epochs:
+                meter = self._train_epoch(budget, speed)
+                if meter is None:
                     stopped = "budget"
                     break
-            if stopped == "budget" and int(self.step_in_epoch.numpy()) < self.steps_per_epoch:
-                self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + int(self.step_in_epoch.numpy()))
-                say(f"time budget of {config.max_minutes} min reached during epoch {epoch + 1}; saved a checkpoint "
-                    f"at step {int(self.step_in_epoch.numpy())} to resume from")
-                break
-            val = self.validation_accuracy()
-            steps_done = max(1, self.steps_per_epoch - skip)
-            record = {"epoch": epoch + 1, "loss": sums["ce"] / steps_done + sums["decay"] / steps_done,
-                      "cross_entropy": sums["ce"] / steps_done, "accuracy": sums["correct"] / max(1, sums["n"]),
-                      "val_accuracy": val, "lr": float(self.optimizer.learning_rate),
-                      "images_per_second": sums["n"] / max(time.monotonic() - epoch_start, 1e-9)}
-            history.append(record)
-            self._log_epoch(record)
-            say(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
-                f"val_accuracy {'n/a' if val is None else f'{val:.3f}'}, {record['images_per_second']:.1f} img/s")
-            self.epoch.assign(epoch + 1)
-            self.step_in_epoch.assign(0)
-            if val is not None and (best is None or val > best):
-                best = val
-                self.save_models(os.path.join(self.save_path, artifacts.BEST_DIR))
-                artifacts.write_json(os.path.join(self.save_path, artifacts.BEST_DIR, artifacts.METADATA_FILE),
-                                     self.metadata(epoch=epoch + 1, val_accuracy=val))
-            self.manager.save(checkpoint_number=(epoch + 1) * self.steps_per_epoch)
-            if time.monotonic() - start > budget and int(self.epoch.numpy()) < config.epochs:
-                stopped = "budget"
-                say(f"time budget of {config.max_minutes} min reached after epoch {epoch + 1}; stopping cleanly")
-                break
+                self._finish_epoch(meter, epoch_log)
+                if budget.spent() and self.epochs_done < self.config.epochs:
+                    self._say(f"time budget of {self.config.max_minutes} min reached after epoch "
+                              f"{self.epochs_done}; stopping cleanly")
+                    stopped = "budget"
+                    break
+        return self._save_final(stopped, speed)
 
-        if not history and int(self.epoch.numpy()) >= config.epochs:
-            stopped = "nothing-to-do"
-        epochs_completed = int(self.epoch.numpy())
+    def _remove_leftovers_of_killed_runs(self) -> None:
+        # TensorFlow writes a checkpoint's shards into <name>_temp/ before merging them; a kill in between
+        # leaves that folder, which no later save removes.
+        unfinished = glob.glob(os.path.join(self.save_path, artifacts.CHECKPOINT_DIR, "*_temp"))
+        for path in unfinished:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in [*unfinished, *artifacts.remove_stale_temporaries(self.save_path)]:
+            log.info("removed %s, left by a run that was killed while writing it", path)
+
+    def _announce(self, how_it_starts: str) -> None:
+        config = self.config
+        self._say(f"arcface {__version__}: {config.backbone} + {config.margin} head (s={config.enhance}, "
+                  f"m={config.margins}), {len(self.class_names)} identities, {self.n_train} training images")
+        self._say(f"replicas: {self.replicas}, global batch size: {config.batch_size} "
+                  f"({config.batch_size // self.replicas} per replica), {self.steps_per_epoch} steps per epoch; "
+                  f"{how_it_starts}")
+
+    def _say(self, line: str) -> None:
+        if self.verbose:
+            print(line)
+        else:
+            log.info(line)
+
+    def _train_epoch(self, budget: Budget, speed: Throughput) -> EpochMeter | None:
+        """The rest of the current epoch, from the step the checkpoint reached; None when the budget ran out
+        before its last step (a checkpoint then holds the step reached)."""
+        epoch, first = self.epochs_done, int(self.step_in_epoch.numpy())
+        meter = EpochMeter(self.steps_per_epoch, self.verbose)
+        for step, (images, labels) in enumerate(self._epoch_batches(epoch, first), start=first):
+            started = time.monotonic()
+            ce, decay, correct = (float(x) for x in self._train_step(images, labels))
+            speed.add(self.config.batch_size, time.monotonic() - started)
+            self._stop_unless_finite(ce, decay, epoch, step)
+            meter.add(step, ce, decay, correct, self.config.batch_size, speed.rate)
+            self.step_in_epoch.assign(step + 1)
+            out_of_time = budget.spent() and step + 1 < self.steps_per_epoch
+            if out_of_time or self._checkpoint_due(step + 1):
+                self._save_checkpoint()
+            if out_of_time:
+                self._say(f"time budget of {self.config.max_minutes} min reached during epoch {epoch + 1}; saved "
+                          f"a checkpoint at step {step + 1} to resume from")
+                return None
+        return meter
+
+    def _epoch_batches(self, epoch: int, first_step: int):
+        # Seeded by the epoch, so a resumed epoch sees the same batches and skips those already trained on.
+        config = self.config
+        dataset = self.make_dataset(
+            self.manifest, "train", image_size=config.image_size, batch_size=config.batch_size, training=True,
+            seed=config.seed + epoch, center_crop=config.center_crop, augment=config.augment, cache=config.cache,
+            drop_remainder=self.drop_remainder).take(self.steps_per_epoch).skip(first_step)
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _stop_unless_finite(self, ce: float, decay: float, epoch: int, step: int) -> None:
+        if math.isfinite(ce) and math.isfinite(decay):
+            return
+        last = self.manager.latest_checkpoint
+        raise TrainingError(
+            f"the loss became {'NaN' if math.isnan(ce) else 'infinite'} at epoch {epoch + 1}, step {step + 1}; "
+            f"training stopped and the last good checkpoint ({os.path.basename(last) if last else 'none yet'}) "
+            f"is kept. Lower --lr (now {self.config.lr}), set --clipnorm (e.g. 5), or check the data for broken "
+            "images")
+
+    def _checkpoint_due(self, steps_in_epoch: int) -> bool:
+        """--checkpoint_steps within an epoch; the epoch's end always saves one."""
+        every = self.config.checkpoint_steps
+        return bool(every) and steps_in_epoch % every == 0 and steps_in_epoch < self.steps_per_epoch
+
+    def _save_checkpoint(self) -> None:
+        """Weights, optimizer, position and history in one checkpoint, numbered by the global step."""
+        self.manager.save(checkpoint_number=self.epochs_done * self.steps_per_epoch
+                          + int(self.step_in_epoch.numpy()))
+
+    def _finish_epoch(self, meter: EpochMeter, epoch_log: EpochLog) -> None:
+        epoch = self.epochs_done + 1
+        val = self.validation_accuracy()
+        record = meter.record(epoch, val, float(self.optimizer.learning_rate))
+        self._say(f"epoch {epoch}/{self.config.epochs}: loss {record['loss']:.4f}, accuracy "
+                  f"{record['accuracy']:.3f}, val_accuracy {'n/a' if val is None else f'{val:.3f}'}, "
+                  f"{record['images_per_second']:.1f} img/s")
+        self._keep_if_best(epoch, val)
+        self.history.records.append(record)
+        self.epoch.assign(epoch)
+        self.step_in_epoch.assign(0)
+        self._save_checkpoint()
+        epoch_log.add(record, self.history.records)
+
+    def _keep_if_best(self, epoch: int, val: float | None) -> None:
+        """best/ holds the models of the epoch with the highest validation accuracy so far."""
+        best = self.history.best_val_accuracy()
+        if val is None or (best is not None and val <= best):
+            return
+        self.save_models(os.path.join(self.save_path, artifacts.BEST_DIR))
+        artifacts.write_json(os.path.join(self.save_path, artifacts.BEST_DIR, artifacts.METADATA_FILE),
+                             self.metadata(epoch=epoch, val_accuracy=val))
+
+    def _save_final(self, stopped: str, speed: Throughput) -> TrainResult:
+        history, steps = self.history.records, int(self.optimizer.iterations.numpy())
         self.save_models(self.save_path)
         self.save_weights_h5()
+        # Also here: a run killed between its last checkpoint and the CSV left the CSV an epoch short.
+        write_training_csv(os.path.join(self.save_path, artifacts.LOG_DIR, TRAINING_CSV), history)
+        best = self.history.best_val_accuracy()
         artifacts.write_json(os.path.join(self.save_path, artifacts.METADATA_FILE), self.metadata(
-            epochs_completed=epochs_completed, steps=int(self.optimizer.iterations.numpy()), stopped=stopped,
-            best_val_accuracy=best, history=history))
-        say(f"saved the models to {self.save_path} ({epochs_completed}/{config.epochs} epochs, {stopped})")
-        return TrainResult(self.save_path, epochs_completed, int(self.optimizer.iterations.numpy()), stopped,
-                           history, best, self.manifest.sha256, images_seen / busy if busy else 0.0)
-
-    def _read_history(self) -> list[dict[str, float]]:
-        path = os.path.join(self.save_path, artifacts.METADATA_FILE)
-        if self.manager.latest_checkpoint and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                history = json.load(f).get("history", [])
-            return [h for h in history if h["epoch"] <= int(self.epoch.numpy())]
-        return []
-
-    def _log_epoch(self, record: dict[str, Any]) -> None:
-        logs = os.path.join(self.save_path, artifacts.LOG_DIR)
-        csv_path = os.path.join(logs, "training.csv")
-        new = not os.path.exists(csv_path)
-        with open(csv_path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(record))
-            if new:
-                writer.writeheader()
-            writer.writerow(record)
-        # The TensorBoard package is not a TensorFlow dependency any more; the core op writes the same
-        # events, tagged for the scalars plugin, so `tensorboard --logdir` draws them.
-        from tensorflow.core.framework import summary_pb2
-
-        scalar = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        writer = tf.summary.create_file_writer(logs)
-        with writer.as_default():
-            for key, value in record.items():
-                if key != "epoch" and value is not None:
-                    tf.summary.write(key, tf.constant(float(value)), step=record["epoch"], metadata=scalar)
-        writer.close()
+            epochs_completed=self.epochs_done, steps=steps, stopped=stopped, best_val_accuracy=best,
+            history=history))
+        self._say(f"saved the models to {self.save_path} ({self.epochs_done}/{self.config.epochs} epochs, "
+                  f"{stopped})")
+        return TrainResult(self.save_path, self.epochs_done, steps, stopped, list(history), best,
+                           self.manifest.sha256, speed.rate)
 
 
-def train(config: TrainConfig, manifest=None, *, verbose: int = 1) -> TrainResult:
+def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=make_dataset) -> TrainResult:
     """Train from a config; without a manifest the data folders are validated first (as the original did)."""
     from arcface import data
 
@@ -482,4 +621,4 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1) -> TrainResul
         manifest = result.manifest
     elif isinstance(manifest, str | os.PathLike):
         manifest = data.Manifest.read(manifest)
-    return Trainer(config, manifest, verbose=verbose).fit()
+    return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset).fit()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +33,9 @@ def test_loss_falls_and_validation_beats_chance(tiny_manifest, tmp_path):
                  artifacts.METADATA_FILE, "training_model.weights.h5", "logs/training.csv"):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "run" / "best" / artifacts.EMBEDDING_MODEL_FILE).exists()
-    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents*")), "TensorBoard events are written"
+    events = list((tmp_path / "run" / "logs").glob("events.out.tfevents*"))
+    assert len(events) == 1, f"one TensorBoard writer for the whole run, not one per epoch: {events}"
+    assert [int(row["epoch"]) for row in read_training_csv(tmp_path / "run")] == list(range(1, 13))
     metadata = json.loads((tmp_path / "run" / artifacts.METADATA_FILE).read_text())
     assert metadata["manifest_sha256"] == tiny_manifest.sha256
     assert metadata["class_names"] == ["s1", "s2", "s3", "s4"]
@@ -54,6 +58,46 @@ def test_resume_continues_the_epoch_count(tiny_manifest, tmp_path):
     assert second.steps == 3 * 3  # 28 images, batch 8: three steps an epoch, counted across both runs
 
 
+def test_history_comes_back_from_the_checkpoint_on_resume(tiny_manifest, tmp_path):
+    run = tmp_path / "run"
+    first = train(tiny_config(run, epochs=2), tiny_manifest, verbose=0)
+    # What a run killed at the wrong moment may leave beside its checkpoint: metadata.json without the epochs
+    # the checkpoint went through, and a row of training.csv twice. Neither may leak into the resumed history.
+    metadata = json.loads((run / artifacts.METADATA_FILE).read_text())
+    (run / artifacts.METADATA_FILE).write_text(json.dumps({**metadata, "history": []}))
+    csv_lines = (run / "logs" / "training.csv").read_text().splitlines(keepends=True)
+    (run / "logs" / "training.csv").write_text("".join(csv_lines + csv_lines[-1:]))
+
+    second = train(tiny_config(run, epochs=4), tiny_manifest, verbose=0)
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    assert second.history[:2] == first.history, "the first run's records, restored unchanged"
+    saved = json.loads((run / artifacts.METADATA_FILE).read_text())["history"]
+    assert saved == second.history
+    rows = read_training_csv(run)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert [float(row["loss"]) for row in rows] == pytest.approx([h["loss"] for h in saved], rel=1e-12)
+
+
+def test_a_checkpoint_without_history_resumes_with_the_history_of_metadata_json(tiny_manifest, tmp_path):
+    """Checkpoints written before the history moved into them: its epochs come from metadata.json, trimmed."""
+    run = tmp_path / "run"
+    first = train(tiny_config(run, epochs=1), tiny_manifest, verbose=0)
+    trainer = Trainer(tiny_config(run, epochs=1), tiny_manifest, verbose=0)
+    trainer.restore_or_start()
+    legacy = tf.train.Checkpoint(model=trainer.training_model, optimizer=trainer.optimizer, epoch=trainer.epoch,
+                                 step_in_epoch=trainer.step_in_epoch)
+    shutil.rmtree(run / "checkpoints")
+    tf.train.CheckpointManager(legacy, str(run / "checkpoints"), max_to_keep=2).save(checkpoint_number=3)
+    # metadata.json of a run killed later on: an epoch beyond the checkpoint, to be dropped on resume.
+    metadata = json.loads((run / artifacts.METADATA_FILE).read_text())
+    ahead = [*first.history, {**first.history[0], "epoch": 2}]
+    (run / artifacts.METADATA_FILE).write_text(json.dumps({**metadata, "history": ahead}))
+
+    second = train(tiny_config(run, epochs=2), tiny_manifest, verbose=0)
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert second.history[0] == first.history[0]
+
+
 def test_existing_checkpoint_is_not_overwritten_without_resume(tiny_manifest, tmp_path):
     train(tiny_config(tmp_path / "run", epochs=1), tiny_manifest, verbose=0)
     with pytest.raises(TrainingError, match="already holds a checkpoint.*--resume"):
@@ -73,18 +117,15 @@ def test_budget_stops_cleanly_and_resumes_mid_epoch(tiny_manifest, tmp_path):
     assert done.epochs_completed == 2 and done.steps == 6
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_manifest, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_manifest, tmp_path):
     train(tiny_config(tmp_path / "run", epochs=1), tiny_manifest, verbose=0)
     from arcface import data
 
-    real = data.make_dataset
-
     def poisoned(*args, **kwargs):
-        return real(*args, **kwargs).map(lambda x, y: (x * np.nan, y))
+        return data.make_dataset(*args, **kwargs).map(lambda x, y: (x * np.nan, y))
 
-    monkeypatch.setattr(data, "make_dataset", poisoned)
     with pytest.raises(TrainingError, match=r"loss became NaN at epoch 2, step 1.*ckpt-3.*is kept"):
-        train(tiny_config(tmp_path / "run", epochs=2), tiny_manifest, verbose=0)
+        train(tiny_config(tmp_path / "run", epochs=2), tiny_manifest, verbose=0, make_dataset=poisoned)
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-3")
 
 
@@ -165,26 +206,64 @@ def test_original_command_line_both_spellings(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_kill_at_any_moment_then_resume_ends_with_all_epochs(tiny_data, tmp_path):
-    """SIGKILL the training process at several moments; every restart resumes; no half-written checkpoint."""
-    save = tmp_path / "run"
+    """SIGKILL training at several moments, each after it saved a new checkpoint: every restart resumes from
+    the last checkpoint (never from zero), and the final history holds every epoch exactly once."""
+    save, epochs, steps_per_epoch = tmp_path / "run", 12, 7  # 28 images, batch 4
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--backbone=TinyFaceNet", "--image_size=48",
-           "--embedding_size=16", "--n_classes=4", "--epochs=6", "--batch_size=4", "--checkpoint_steps=2",
+           "--embedding_size=16", "--n_classes=4", f"--epochs={epochs}", "--batch_size=4", "--checkpoint_steps=2",
            f"--train_data={tiny_data}", f"--validation_data={tiny_data}", f"--save_path={save}"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for delay in (9.0, 11.0, 13.0):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        latest = tf.train.latest_checkpoint(str(save / "checkpoints"))
-        if latest:
-            tf.train.load_checkpoint(latest)  # every checkpoint the index names must read back whole
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    reached = 0
+    # Delays after a new checkpoint shows up: the kill lands in the next steps, validation or the saving.
+    for run, delay in enumerate((0.0, 0.6, 1.7)):
+        output = tmp_path / f"run-{run}.log"
+        with open(output, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            wait_for_checkpoint_beyond(save / "checkpoints", reached, proc)
+            time.sleep(delay)
+            assert proc.poll() is None, f"run {run} finished before the kill; the test needs more epochs"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        step = global_step_of_latest_checkpoint(save / "checkpoints", steps_per_epoch)
+        assert step > reached, f"run {run} made no progress past step {reached}: it restarted from zero"
+        reached = step
+        if run:
+            assert "resuming from" in output.read_text(), f"run {run} did not resume"
     final = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert final.returncode == 0, final.stderr
+    assert f"resuming from ckpt-{reached} " in final.stdout
     metadata = json.loads((save / artifacts.METADATA_FILE).read_text())
-    assert metadata["epochs_completed"] == 6
-    assert metadata["steps"] == 6 * 7
-    assert not list(save.rglob("*.tmp-*")), "no temporary file is left behind"
+    assert metadata["epochs_completed"] == epochs
+    assert metadata["steps"] == epochs * steps_per_epoch
+    assert [h["epoch"] for h in metadata["history"]] == list(range(1, epochs + 1))
+    rows = read_training_csv(save)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    assert [float(row["loss"]) for row in rows] == pytest.approx([h["loss"] for h in metadata["history"]],
+                                                                  rel=1e-12)
+    assert not list(save.rglob("*.tmp-*")) + list(save.rglob("*_temp")), "no temporary is left behind"
+
+
+def wait_for_checkpoint_beyond(folder, step: int, proc, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = tf.train.latest_checkpoint(str(folder))
+        if latest and int(latest.rsplit("-", 1)[1]) > step:
+            return
+        assert proc.poll() is None, f"training exited ({proc.returncode}) before saving a checkpoint past {step}"
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint past step {step} within {timeout} s")
+
+
+def global_step_of_latest_checkpoint(folder, steps_per_epoch: int) -> int:
+    """Read back whole (every checkpoint the index names must be); its epoch and step give the global step."""
+    state = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(folder)))
+    epoch = int(state.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    return epoch * steps_per_epoch + int(state.get_tensor("step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def read_training_csv(save_path) -> list[dict[str, str]]:
+    with open(os.path.join(save_path, "logs", "training.csv"), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def test_mixed_precision_step_runs_and_does_not_leak(tiny_manifest, tmp_path):
