@@ -58,9 +58,11 @@ def test_dag_edges(spec):
         "inputs.parameter_values['pipelinechannel--quality-gate-Output'] == true"
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(inner) == {"export-model"}
-    # The gate reads evaluate's accuracy; export reads train's model and evaluate's metrics.
-    gate_inputs = root["quality-gate"]["inputs"]["parameters"]["accuracy"]["taskOutputParameter"]
-    assert gate_inputs == {"outputParameterKey": "verification_accuracy", "producerTask": "evaluate-model"}
+    # The gate reads evaluate's evaluation (the Metrics artifact), as export does.
+    gate_inputs = root["quality-gate"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]
+    assert gate_inputs == {"outputArtifactKey": "metrics", "producerTask": "evaluate-model"}
+    export_inputs = inner["export-model"]["inputs"]["artifacts"]["evaluation"]
+    assert export_inputs == {"componentInputArtifact": "pipelinechannel--evaluate-model-metrics"}
 
 
 def test_every_config_field_is_a_parameter_with_its_default(spec):
