@@ -57,14 +57,15 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     for root, _, files in os.walk(folder):
         for name in files:
             match = _TEMPORARY.search(name)
-            if match and not _process_alive(int(match.group(1))):
+            if match and not process_alive(int(match.group(1))):
                 path = os.path.join(root, name)
                 os.remove(path)
                 removed.append(path)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another machine's pid means nothing here)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

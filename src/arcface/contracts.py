@@ -311,3 +311,51 @@ class ExportDir:
         """The evaluation the card was exported with; None when the export was given none."""
         evaluation = card.get("evaluation")
         return EvaluationSummary.from_dict(evaluation, source="the model card's evaluation") if evaluation else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the model store (arcface.store)
+# ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StoreVersion:
+    """lineage.json of one model-store version: where it came from and why it was promoted.
+
+    ``metrics`` is the new model's EvaluationSummary (as a dict); ``champion_metrics`` the champion's, measured
+    on the same pairs in the same run (None when the store was empty); ``replaced`` the version that was
+    current when this one was promoted.
+    """
+
+    model_name: str
+    version: int
+    created: str
+    run_id: str
+    manifest_sha256: str | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    champion_metrics: dict[str, Any] | None = None
+    replaced: int | None = None
+    reason: str = ""
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    PRODUCER: ClassVar[str] = "the promote step (`arcface.store.ModelStore.add_version`)"
+
+    @classmethod
+    def write(cls, path: str | os.PathLike, lineage: dict[str, Any]) -> dict[str, Any]:
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(lineage) - names
+        if unknown:
+            raise ContractError(f"lineage has unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        return _write_versioned(path, cls.SCHEMA_VERSION, lineage)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> StoreVersion:
+        document = _read_versioned(os.fspath(path), cls.SCHEMA_VERSION, cls.PRODUCER)
+        names = {field.name for field in dataclasses.fields(cls)}
+        try:
+            return cls(**{key: value for key, value in document.items() if key in names})
+        except TypeError as e:
+            raise ContractError(f"{path} is incomplete ({e}); the version was not written by "
+                                f"{cls.PRODUCER}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
