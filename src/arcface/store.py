@@ -272,7 +272,7 @@ class ModelStore:
         line = (json.dumps(record, default=str, sort_keys=True) + "\n").encode()
         os.makedirs(self.folder, exist_ok=True)
         with self._locked():
-            fd = os.open(os.path.join(self.folder, RUN_LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(os.path.join(self.folder, RUN_LOG_FILE), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
                     line = b"\n" + line  # a writer died mid-line: start on a line of our own
