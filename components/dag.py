@@ -1,6 +1,7 @@
 """The pipeline's DAG: its parameters (generated from the config), its steps, and their cluster placement.
 
-validate -> train -> evaluate -> quality gate -> (dsl.If) export. Every field of
+validate -> train -> evaluate (new model and the store's champion, same pairs) -> quality gate -> (dsl.If)
+export -> promote, all under a dsl.ExitHandler whose step records how the run ended. Every field of
 :class:`arcface.config.TrainConfig` is a pipeline parameter with the same name, type and default (the signature is
 generated from ``arcface.config.fields()``, so a new flag is a new parameter), plus the few that only the pipeline
 has (:data:`PIPELINE_PARAMETERS`: data_root, pairs, the quality gate, export).
@@ -22,6 +23,8 @@ from arcface import config as cfg
 from components.common import GPU_IMAGE
 from components.evaluate import evaluate_model, quality_gate
 from components.export import export_model
+from components.notify import report_run_end
+from components.promote import promote_model
 from components.train import train_model
 from components.validate import validate_data
 
@@ -38,9 +41,15 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "pairs_root": (str, "", "image folder of pairs_file; empty: the pairs file's folder"),
     "accuracy_threshold": (float, 0.9, "quality gate: export only when the verification accuracy is at least "
                                        "this"),
-    "current_model_metrics": (str, "", "the production model's evaluation (its metrics.json or the folder "
-                                       "holding it); export only when the new model is better. Empty: no "
-                                       "production model"),
+    "promotion_margin": (float, 0.0, "quality gate: promote only when the new model's accuracy beats the "
+                                     "champion's, on the same pairs, by more than this"),
+    "model_store": (str, "", "model store folder (e.g. on a mounted PVC): the champion is read from it and a "
+                             "promoted model written to it as <model_name>/<version>/. Empty: no store, the "
+                             "threshold alone decides and nothing is promoted"),
+    "model_name": (str, "arcface", "the model's folder in model_store"),
+    "keep_versions": (int, 5, "versions kept in the store after a promotion (0 keeps all; the current one is "
+                              "never removed)"),
+    "notify_url": (str, "", "webhook that receives how the run ended as JSON (POST); empty: none"),
     "export_formats": (str, "saved_model,keras,tflite,onnx", "comma-separated export formats"),
     "quantize": (str, "none", "none, float16 or dynamic (adds a quantized TFLite file)"),
 }
@@ -49,9 +58,10 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
 
 
 # Step settings. Caching is off everywhere: validate and the gate read things their cache key cannot see (the
-# images under data_root, the file named by current_model_metrics), training must never be skipped, and
-# evaluate/export consume the fresh model of this run, so a cache hit is impossible for them anyway.
-CACHING = {"validate": False, "train": False, "evaluate": False, "gate": False, "export": False}
+# images under data_root, the champion in model_store), training must never be skipped, evaluate/export/promote
+# consume the fresh model of this run, so a cache hit is impossible for them anyway, and the exit step must run.
+CACHING = {"validate": False, "train": False, "evaluate": False, "gate": False, "export": False,
+           "promote": False, "notify": False}
 # (cpu request, cpu limit, memory request, memory limit)
 RESOURCES = {
     "validate": ("1", "4", "1Gi", "4Gi"),
@@ -59,12 +69,15 @@ RESOURCES = {
     "evaluate": ("2", "4", "4Gi", "8Gi"),
     "gate": ("100m", "500m", "128Mi", "256Mi"),
     "export": ("2", "4", "4Gi", "8Gi"),
+    "promote": ("500m", "1", "512Mi", "1Gi"),
+    "notify": ("100m", "500m", "128Mi", "256Mi"),
 }
 # Transient failures only (node preemption, a volume or object store that hiccups): (retries, first backoff).
 # Training retries once: with resume on, a retried pod continues from the last checkpoint when the artifact
 # store is a persistent mount, and a genuine bug fails again quickly anyway.
+# Promote is not retried: a retry after its pointer moved would find another champion and refuse anyway.
 RETRIES = {"validate": (2, "30s"), "train": (1, "120s"), "evaluate": (2, "30s"), "gate": (2, "10s"),
-           "export": (2, "30s")}
+           "export": (2, "30s"), "promote": (0, "0s"), "notify": (2, "10s")}
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX = "3600s"
 
@@ -117,7 +130,7 @@ def _configure(task, step: str, options: DeployOptions, display_name: str):
     task.set_caching_options(CACHING[step])
     task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
     task.set_memory_request(memory_request).set_memory_limit(memory_limit)
-    if options.retries:
+    if options.retries and retries:
         task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=BACKOFF_FACTOR,
                        backoff_max_duration=BACKOFF_MAX)
     if options.pvc_name:
@@ -170,8 +183,7 @@ def build_pipeline(options: DeployOptions | None = None):
     names = [p.name for p in params]
     field_names = [f.name for f in cfg.fields()]
 
-    def arcface_pipeline(*args):
-        p = dict(zip(names, args, strict=True))
+    def training_steps(p):
         validate = _configure(validate_data(config={name: p[name] for name in field_names},
                                             data_root=p["data_root"]),
                               "validate", options, "validate data and config")
@@ -180,16 +192,30 @@ def build_pipeline(options: DeployOptions | None = None):
         _place_training(train, options)
         evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=validate.outputs["manifest"],
                                              pairs_file=p["pairs_file"], pairs_root=p["pairs_root"],
-                                             seed=p["seed"]),
+                                             seed=p["seed"], model_store=p["model_store"],
+                                             model_name=p["model_name"]),
                               "evaluate", options, "evaluate")
         gate = _configure(quality_gate(evaluation=evaluate.outputs["metrics"],
                                        accuracy_threshold=p["accuracy_threshold"],
-                                       current_model_metrics=p["current_model_metrics"]),
+                                       promotion_margin=p["promotion_margin"]),
                           "gate", options, "quality gate")
-        with dsl.If(gate.output == True, name="quality-gate-passed"):  # noqa: E712 - a KFP condition
-            _configure(export_model(model=train.outputs["model"], evaluation=evaluate.outputs["metrics"],
+        with dsl.If(gate.outputs["Output"] == True, name="quality-gate-passed"):  # noqa: E712 - a KFP condition
+            export = _configure(export_model(model=train.outputs["model"], evaluation=evaluate.outputs["metrics"],
                                     manifest=validate.outputs["manifest"], formats=p["export_formats"], quantize=p["quantize"]),
                        "export", options, "export")
+            _configure(promote_model(exported=export.outputs["exported"], evaluation=evaluate.outputs["metrics"],
+                                     model_store=p["model_store"], model_name=p["model_name"],
+                                     keep_versions=p["keep_versions"], run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                       "promote", options, "promote to the model store")
+
+    def arcface_pipeline(*args):
+        p = dict(zip(names, args, strict=True))
+        # Runs after the steps whatever their outcome: the store's run log and the webhook hear how it ended.
+        report = _configure(report_run_end(model_store=p["model_store"], model_name=p["model_name"],
+                                           notify_url=p["notify_url"], run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                            "notify", options, "report how the run ended")
+        with dsl.ExitHandler(report, name="training-steps"):
+            training_steps(p)
 
     helps = _parameter_help()
     arcface_pipeline.__signature__ = inspect.Signature(params)

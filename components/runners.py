@@ -49,8 +49,9 @@ def local_arguments(*, config: str | None = None, data: str | None = None, param
 IMAGE_UID, IMAGE_GID = 1000, 1000
 #: Parameters that may name host files or folders the steps read: under DockerRunner each one that exists is
 #: bind-mounted read-only at the same path, so the manifest's absolute paths hold inside the containers too.
-HOST_PATH_PARAMETERS = ("data_root", "train_data", "validation_data", "pairs_file", "pairs_root",
-                        "current_model_metrics")
+HOST_PATH_PARAMETERS = ("data_root", "train_data", "validation_data", "pairs_file", "pairs_root")
+#: Parameters naming host folders the steps write: mounted read-write (and created) under DockerRunner.
+WRITABLE_PATH_PARAMETERS = ("model_store",)
 
 
 def _run_container_and_read_its_status(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
@@ -118,6 +119,11 @@ def docker_runner(arguments: Mapping[str, Any], pipeline_root: str):
     paths = {os.path.abspath(str(arguments[name])) for name in HOST_PATH_PARAMETERS
              if arguments.get(name) and os.path.isabs(str(arguments[name])) and os.path.exists(arguments[name])}
     mounts = [docker_sdk.types.Mount(target=path, source=path, type="bind", read_only=True) for path in sorted(paths)]
+    for name in WRITABLE_PATH_PARAMETERS:
+        if arguments.get(name) and str(arguments[name]).strip():
+            path = os.path.abspath(str(arguments[name]).strip())
+            os.makedirs(path, exist_ok=True)
+            mounts.append(docker_sdk.types.Mount(target=path, source=path, type="bind", read_only=False))
     run_args: dict[str, Any] = {"mounts": mounts, "network_mode": "none"}
     if os.getuid() == 0:
         os.chown(pipeline_root, IMAGE_UID, IMAGE_GID)

@@ -16,54 +16,68 @@ from components.evaluate import evaluate_model, quality_gate
 from components.train.test_train import SAMPLE, tiny_model
 
 
-def evaluation_folder(folder: Path, accuracy: float, kind: str = KFOLD_MEAN) -> Path:
-    """An evaluate step's output folder, written through the contract."""
-    EvaluationDir.write(folder, EvaluationSummary(
-        verification_accuracy=accuracy, verification_accuracy_kind=kind, threshold=0.3, auc=0.9, eer=0.1,
-        genuine_pairs=300, impostor_pairs=300, flip_tta=True))
+def summary_of(accuracy: float, kind: str = KFOLD_MEAN) -> EvaluationSummary:
+    return EvaluationSummary(verification_accuracy=accuracy, verification_accuracy_kind=kind, threshold=0.3,
+                             auc=0.9, eer=0.1, genuine_pairs=300, impostor_pairs=300, flip_tta=True)
+
+
+def evaluation_folder(folder: Path, accuracy: float, champion: float | None = None) -> Path:
+    """An evaluate step's output folder, written through the contract; with the champion's numbers on the same
+    pairs when ``champion`` is given (as the evaluate step writes them when the store has a champion)."""
+    details = {} if champion is None else {"champion": {"version": 3, "summary": summary_of(champion).to_dict()}}
+    EvaluationDir.write(folder, summary_of(accuracy), details)
     return folder
 
 
-def gate(tmp_path: Path, accuracy: float, threshold: float, current: str) -> bool:
-    candidate = evaluation_folder(tmp_path / "candidate", accuracy)
-    return quality_gate.python_func(evaluation=dsl.Metrics(name="metrics", uri=str(candidate)),
-                                    accuracy_threshold=threshold, current_model_metrics=current)
+def gate(tmp_path: Path, accuracy: float, threshold: float, champion: float | None = None,
+         margin: float = 0.0) -> tuple[bool, dict, str]:
+    candidate = evaluation_folder(tmp_path / "candidate", accuracy, champion)
+    decision = dsl.Metrics(name="decision", uri=str(tmp_path / "decision"))
+    summary = dsl.Markdown(name="summary", uri=str(tmp_path / "summary.md"))
+    deploy = quality_gate.python_func(evaluation=dsl.Metrics(name="metrics", uri=str(candidate)),
+                                      accuracy_threshold=threshold, promotion_margin=margin, decision=decision,
+                                      summary=summary)
+    return deploy, dict(decision.metadata), (tmp_path / "summary.md").read_text()
 
 
 # -- the quality gate (no TensorFlow: fast) ----------------------------------------------------------------
 @pytest.mark.parametrize("accuracy, threshold, expected", [(0.95, 0.9, True), (0.85, 0.9, False),
                                                            (0.95, 1.01, False), (0.0, 0.0, True)])
-def test_gate_without_a_current_model(tmp_path, accuracy, threshold, expected):
-    assert gate(tmp_path, accuracy, threshold, "") is expected
-    assert gate(tmp_path, accuracy, threshold, "  ") is expected  # blank is no current model too
+def test_gate_without_a_champion_the_threshold_alone_decides(tmp_path, accuracy, threshold, expected):
+    deploy, numbers, markdown = gate(tmp_path, accuracy, threshold, margin=0.5)
+    assert deploy is expected
+    assert numbers == {"promote": float(expected), "challenger_accuracy": accuracy, "promotion_margin": 0.5}
+    assert "| champion | none (empty store or no store) |" in markdown
 
 
-def test_gate_reads_the_current_models_metrics_file_or_its_folder(tmp_path, capsys):
-    current = evaluation_folder(tmp_path / "production", 0.9)
-    assert gate(tmp_path, 0.93, 0.5, str(current / "metrics.json")) is True
+def test_gate_compares_with_the_champion_on_the_same_pairs_by_the_margin(tmp_path, capsys):
+    deploy, numbers, markdown = gate(tmp_path, 0.93, 0.5, champion=0.9)
+    assert deploy is True and numbers["champion_accuracy"] == 0.9 and numbers["challenger_accuracy"] == 0.93
     assert "better than the current model's k-fold accuracy 0.9000" in capsys.readouterr().out
-    assert gate(tmp_path, 0.89, 0.5, str(current)) is False
-    assert gate(tmp_path, 0.90, 0.5, str(current)) is False  # equal is not better
+    assert "**Promote**" in markdown and "| champion | 0.9000 (version 3) |" in markdown
+    assert gate(tmp_path, 0.93, 0.5, champion=0.9, margin=0.05)[0] is False
+    assert "by more than promotion_margin 0.05" in capsys.readouterr().out
+    assert gate(tmp_path, 0.89, 0.5, champion=0.9)[0] is False
+    assert gate(tmp_path, 0.90, 0.5, champion=0.9)[0] is False  # equal is not better
     out = capsys.readouterr().out
     assert "quality gate: skip export: k-fold accuracy 0.9000 of the new model is not better" in out
 
 
 def test_gate_never_exports_a_nan_accuracy(tmp_path, capsys):
     # evaluate never writes NaN (it refuses it), but a hand-made or damaged file must not pass the gate.
-    assert gate(tmp_path, math.nan, 0.0, "") is False
+    deploy, numbers, _ = gate(tmp_path, math.nan, 0.0)
+    assert deploy is False and "challenger_accuracy" not in numbers
     assert "accuracy is nan; nothing is exported" in capsys.readouterr().out
 
 
 def test_gate_refuses_what_it_cannot_read(tmp_path):
-    with pytest.raises(ContractError, match="/no/such.json does not exist; pass the output folder of the evaluate"):
-        gate(tmp_path, 0.9, 0.5, "/no/such.json")
-    with pytest.raises(ContractError, match="does not exist"):  # a bare number is not an evaluation
-        gate(tmp_path, 0.9, 0.5, "0.97")
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / "metrics.json").write_text(json.dumps({"summary": {"verification_accuracy": 0.9}}))
     with pytest.raises(ContractError, match="has no schema_version.*re-run the evaluate step"):
-        gate(tmp_path, 0.9, 0.5, str(stale))
+        quality_gate.python_func(evaluation=dsl.Metrics(name="metrics", uri=str(stale)), accuracy_threshold=0.5,
+                                 promotion_margin=0.0, decision=dsl.Metrics(name="d", uri=str(tmp_path / "d")),
+                                 summary=dsl.Markdown(name="s", uri=str(tmp_path / "s.md")))
 
 
 def gate_output(run_root: Path) -> bool:
@@ -71,15 +85,14 @@ def gate_output(run_root: Path) -> bool:
     return json.loads((run_dir / "quality-gate" / "executor_output.json").read_text())["parameterValues"]["Output"]
 
 
-@pytest.mark.parametrize("current_accuracy, expected", [(None, True), (0.97, False), (0.9, True)])
-def test_gate_through_the_local_runner(tmp_path, current_accuracy, expected):
-    candidate = evaluation_folder(tmp_path / "candidate", 0.95)
-    current = "" if current_accuracy is None else str(evaluation_folder(tmp_path / "production", current_accuracy))
+@pytest.mark.parametrize("champion, expected", [(None, True), (0.97, False), (0.9, True)])
+def test_gate_through_the_local_runner(tmp_path, champion, expected):
+    candidate = evaluation_folder(tmp_path / "candidate", 0.95, champion)
 
     @dsl.pipeline(name="gate-only")
     def gate_only():
         evaluation = dsl.importer(artifact_uri=str(candidate), artifact_class=dsl.Metrics)
-        quality_gate(evaluation=evaluation.output, accuracy_threshold=0.9, current_model_metrics=current)
+        quality_gate(evaluation=evaluation.output, accuracy_threshold=0.9, promotion_margin=0.0)
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     gate_only()
@@ -118,7 +131,8 @@ def test_evaluate_function_measures_k_fold_accuracy_and_logs_what_it_wrote(tmp_p
     report = dsl.HTML(name="report", uri=str(tmp_path / "report.html"))
     evaluate_model.python_func(
         model=dsl.Model(name="model", uri=model_dir), manifest=dsl.Dataset(name="manifest", uri=manifest_dir),
-        pairs_file=str(pairs_file), pairs_root=str(pairs_root), seed=42, metrics=metrics,
+        pairs_file=str(pairs_file), pairs_root=str(pairs_root), seed=42, model_store="", model_name="arcface",
+        metrics=metrics,
         classification=classification, report=report)
 
     summary = EvaluationDir.read(metrics.path)
@@ -155,7 +169,7 @@ def test_evaluate_says_when_there_are_too_few_pairs_for_the_folds(tmp_path):
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
     evaluate_model.python_func(
         model=dsl.Model(name="model", uri=model_dir), manifest=dsl.Dataset(name="manifest", uri=manifest_dir),
-        pairs_file="", pairs_root="", seed=42, metrics=metrics,
+        pairs_file="", pairs_root="", seed=42, model_store="", model_name="arcface", metrics=metrics,
         classification=dsl.ClassificationMetrics(name="classification", uri=str(tmp_path / "classification")),
         report=dsl.HTML(name="report", uri=str(tmp_path / "report.html")))
     summary = EvaluationDir.read(metrics.path)
@@ -174,7 +188,8 @@ def test_evaluate_through_the_local_runner(tmp_path):
     def evaluate_only():
         model = dsl.importer(artifact_uri=model_dir, artifact_class=dsl.Model)
         manifest = dsl.importer(artifact_uri=manifest_dir, artifact_class=dsl.Dataset)
-        evaluate_model(model=model.output, manifest=manifest.output, pairs_file="", pairs_root="", seed=1)
+        evaluate_model(model=model.output, manifest=manifest.output, pairs_file="", pairs_root="", seed=1,
+                       model_store="", model_name="arcface")
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
     evaluate_only()
@@ -182,3 +197,32 @@ def test_evaluate_through_the_local_runner(tmp_path):
     summary = EvaluationDir.read(run_dir / "evaluate-model" / "metrics")
     assert 0.0 <= summary.verification_accuracy <= 1.0 and summary.genuine_pairs == 9
     assert os.path.isfile(run_dir / "evaluate-model" / "report")
+
+
+@pytest.mark.slow
+def test_the_champion_is_scored_on_the_same_pairs_the_same_way(tmp_path):
+    """The store's champion is this very model: on the same pairs, by the same protocol, its numbers are the
+    new model's to rounding. Different pairs or another preprocessing would give other numbers."""
+    from arcface.export import export
+    from arcface.store import ModelStore
+
+    manifest_dir, model_dir = tiny_model()
+    export(model_dir, tmp_path / "export", formats=["keras"])
+    store = ModelStore(tmp_path / "store")
+    store.add_version(tmp_path / "export")
+    pairs_file, pairs_root = lfw_pairs(tmp_path)
+    for name, pairs in (("lfw", (str(pairs_file), str(pairs_root))), ("generated", ("", ""))):
+        metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / name / "metrics"))
+        evaluate_model.python_func(
+            model=dsl.Model(name="model", uri=model_dir), manifest=dsl.Dataset(name="manifest", uri=manifest_dir),
+            pairs_file=pairs[0], pairs_root=pairs[1], seed=42, model_store=str(tmp_path / "store"),
+            model_name="arcface", metrics=metrics,
+            classification=dsl.ClassificationMetrics(name="c", uri=str(tmp_path / name / "c")),
+            report=dsl.HTML(name="report", uri=str(tmp_path / name / "report.html")))
+        version, champion = EvaluationDir.read_champion(metrics.path)
+        challenger = EvaluationDir.read(metrics.path)
+        assert version == 1
+        assert (champion.genuine_pairs, champion.impostor_pairs) == (challenger.genuine_pairs,
+                                                                     challenger.impostor_pairs)
+        for key in ("verification_accuracy", "auc", "eer", "threshold"):
+            assert getattr(champion, key) == pytest.approx(getattr(challenger, key), abs=1e-5), (name, key)

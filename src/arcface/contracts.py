@@ -272,6 +272,16 @@ class EvaluationDir:
             raise ContractError(f"{file} has no summary object; re-run {cls.PRODUCER} to write it again")
         return EvaluationSummary.from_dict(document["summary"], source=f"the summary in {file}")
 
+    @classmethod
+    def read_champion(cls, path: str | os.PathLike) -> tuple[int | None, EvaluationSummary] | None:
+        """(store version, summary) of the champion scored on the same pairs in the same run; None if none."""
+        file = cls.metrics_file(path)
+        champion = cls.read_document(file).get("champion")
+        if not champion:
+            return None
+        return champion.get("version"), EvaluationSummary.from_dict(champion["summary"],
+                                                                    source=f"the champion's summary in {file}")
+
 
 # ---------------------------------------------------------------------------------------------------
 # export

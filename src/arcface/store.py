@@ -300,4 +300,22 @@ def open_store(root: str, model_name: str) -> ModelStore | None:
     return ModelStore(root.strip(), model_name) if root and root.strip() else None
 
 
-__all__ = ["ContractError", "ModelStore", "StoreConflict", "StoreError", "open_store"]
+def promote(exported: str | os.PathLike, evaluation: str | os.PathLike, store: ModelStore, *, run_id: str = "",
+            keep: int = 0, reason: str = "") -> int:
+    """The promote step: the export becomes the next version and the champion; return its number.
+
+    The lineage comes from the export's model card (config, manifest hash) and the evaluation (this model's
+    numbers and the champion's on the same pairs). The champion the evaluation scored must still be current.
+    """
+    from arcface.contracts import EvaluationDir
+
+    card = ExportDir.read_card(exported)
+    champion = EvaluationDir.read_champion(evaluation)
+    return store.add_version(
+        exported, run_id=run_id, manifest_sha256=(card.get("source") or {}).get("manifest_sha256"),
+        config=card.get("config") or {}, metrics=EvaluationDir.read(evaluation).to_dict(),
+        champion_metrics=champion[1].to_dict() if champion else None, reason=reason,
+        expected_current=champion[0] if champion else None, keep=keep)
+
+
+__all__ = ["ContractError", "ModelStore", "StoreConflict", "StoreError", "open_store", "promote"]

@@ -37,3 +37,24 @@ def test_decide(accuracy, threshold, current, deploy, reason):
 def test_the_reason_says_when_the_accuracy_is_the_best_threshold_one():
     decision = decide(evaluation(0.8, BEST_THRESHOLD), 0.5)
     assert decision.deploy and decision.reason.startswith("best-threshold accuracy 0.8000 of the new model")
+
+
+@pytest.mark.parametrize("accuracy, current, margin, deploy", [
+    (0.96, 0.95, 0.02, False),   # better, but not by the margin
+    (0.975, 0.95, 0.02, True),   # 0.025 > 0.02
+    (0.97, 0.95, 0.02, False),   # exactly the margin is not more than it
+    (0.96, None, 0.5, True),     # no champion: the threshold alone decides, whatever the margin
+])
+def test_promotion_margin(accuracy, current, margin, deploy):
+    decision = decide(evaluation(accuracy), 0.9, None if current is None else evaluation(current), margin)
+    assert decision.deploy is deploy
+    assert ("promotion_margin" in decision.reason) is (current is not None)
+    numbers = decision.metrics()
+    assert numbers["promote"] == float(deploy) and numbers["challenger_accuracy"] == accuracy
+    assert numbers.get("champion_accuracy") == current
+    assert f"| challenger (this run) | {accuracy:.4f} |" in decision.markdown()
+
+
+def test_a_negative_margin_is_refused():
+    with pytest.raises(ValueError, match="promotion_margin=-0.1 must be a number >= 0"):
+        decide(evaluation(0.9), 0.5, None, -0.1)

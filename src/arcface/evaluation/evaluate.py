@@ -362,19 +362,56 @@ def _verification(scores: np.ndarray, pairs: PairList, n_folds: int = 10) -> dic
 # ---------------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------------
-def _summary(metrics: dict[str, Any]) -> EvaluationSummary:
-    """The headline numbers, flat, for KFP's Metrics artifact, the quality gate and comparing runs."""
-    v, c, t = metrics["verification"], metrics["closed_set"], metrics["throughput"]
+def _verification_summary(v: dict[str, Any], flip_tta: bool, **closed_set_and_speed) -> EvaluationSummary:
+    """The headline numbers of one model's verification ``v`` (:func:`_verification` of its scores)."""
     # Too few pairs for the k folds: the best-threshold accuracy on all pairs stands in, and says so.
     kfold = v["accuracy_mean"] is not None
     return EvaluationSummary(
         verification_accuracy=v["accuracy_mean"] if kfold else v["threshold_accuracy"],
         verification_accuracy_kind=KFOLD_MEAN if kfold else BEST_THRESHOLD,
         verification_accuracy_std=v["accuracy_std"], auc=v["auc"], eer=v["eer"], threshold=v["threshold"],
-        flip_tta=metrics["model"]["flip_tta"], genuine_pairs=v["genuine_pairs"],
-        impostor_pairs=v["impostor_pairs"],
-        tar_at_far={key: value["tar"] for key, value in v["tar_at_far"].items()},
-        top1_accuracy=c.get("top1"), top5_accuracy=c.get("top5"), images_per_second=t["images_per_second"])
+        flip_tta=flip_tta, genuine_pairs=v["genuine_pairs"], impostor_pairs=v["impostor_pairs"],
+        tar_at_far={key: value["tar"] for key, value in v["tar_at_far"].items()}, **closed_set_and_speed)
+
+
+def _summary(metrics: dict[str, Any]) -> EvaluationSummary:
+    """The headline numbers, flat, for KFP's Metrics artifact, the quality gate and comparing runs."""
+    c, t = metrics["closed_set"], metrics["throughput"]
+    return _verification_summary(metrics["verification"], metrics["model"]["flip_tta"], top1_accuracy=c.get("top1"),
+                                 top5_accuracy=c.get("top5"), images_per_second=t["images_per_second"])
+
+
+def _pair_scores(embeddings: np.ndarray, paths: Sequence[str], pairs: PairList) -> np.ndarray:
+    """The cosine of each pair, from the embeddings of ``paths`` (in that order)."""
+    index = {p: i for i, p in enumerate(paths)}
+    a = embeddings[[index[p.path_a] for p in pairs]]
+    b = embeddings[[index[p.path_b] for p in pairs]]
+    return np.sum(a * b, axis=1).astype(np.float64)
+
+
+def _champion(champion: str | os.PathLike, pairs: PairList, manifest, pairs_file, paths: Sequence[str],
+              batch_size: int, flip_tta: bool) -> dict[str, Any]:
+    """The champion (an export folder: model.keras and its card) scored on the same pairs and images, the
+    same way: the same decoding, its own image size and crop (from its card), the same flip_tta."""
+    from arcface import artifacts
+    from arcface.contracts import ExportDir
+
+    folder = os.fspath(champion)
+    keras_file = os.path.join(folder, ExportDir.KERAS_FILE)
+    if not os.path.isfile(keras_file):
+        raise EvaluationError(f"the champion {folder} has no {ExportDir.KERAS_FILE}; it cannot be scored on this "
+                              "run's pairs. Promote models exported with 'keras' in export_formats, or roll back "
+                              "to a version that has one")
+    model = artifacts.load_keras(keras_file)
+    card_input = ExportDir.read_card(folder).get("input") or {}
+    side = int(card_input.get("image_size") or _model_size(model)[0])
+    crop = float(card_input.get("center_crop", 1.0))
+    images = list(paths) if pairs_file else validation_dataset(manifest, side, crop, batch_size)
+    scores = _pair_scores(embed_images(model, images, side, crop, batch_size, flip_tta), paths, pairs)
+    verification = {"genuine_pairs": int(pairs.is_same.sum()), "impostor_pairs": int((~pairs.is_same).sum()),
+                    **_verification(scores, pairs)}
+    return {"source": folder, "image_size": side, "center_crop": crop, "verification": verification,
+            "summary": _verification_summary(verification, flip_tta).to_dict()}
 
 
 def _check_finite(metrics: Any, where: str = "metrics") -> None:
@@ -390,7 +427,8 @@ def _check_finite(metrics: Any, where: str = "metrics") -> None:
 
 def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file: str | os.PathLike | None = None,
              pairs_root: str | os.PathLike | None = None, flip_tta: bool = True, batch_size: int = 64,
-             seed: int = 42, on_missing: str = "error", center_crop: float | None = None) -> dict[str, Any]:
+             seed: int = 42, on_missing: str = "error", center_crop: float | None = None,
+             champion: str | os.PathLike | None = None, champion_version: int | None = None) -> dict[str, Any]:
     """Evaluate a trained model; write ``metrics.json`` and ``report.html`` into ``output_dir``.
 
     Args:
@@ -403,6 +441,10 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         flip_tta: add the mirrored image's embedding for verification.
         seed: for drawing pairs from the validation split.
         center_crop: override the training run's center_crop (default: from the model's config).
+        champion: the model in production (an export folder, e.g. a model store version's assets.extra/);
+            it is scored on exactly the same pairs and images with the same protocol, and its numbers go
+            into metrics.json's ``champion`` (read back by ``EvaluationDir.read_champion``).
+        champion_version: its store version, recorded with it (the promotion checks it has not moved).
 
     Returns:
         metrics.json as written (:class:`arcface.contracts.EvaluationDir`): ``verification``, ``closed_set``,
@@ -432,10 +474,7 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
     # Steady state when there was more than one batch; else the whole call, tracing included.
     timed_images, timed_seconds = ((timing["images"], timing["seconds"]) if timing.get("images")
                                    else (len(paths), seconds))
-    index = {p: i for i, p in enumerate(paths)}
-    a = embeddings[[index[p.path_a] for p in pairs]]
-    b = embeddings[[index[p.path_b] for p in pairs]]
-    scores = np.sum(a * b, axis=1).astype(np.float64)
+    scores = _pair_scores(embeddings, paths, pairs)
 
     verification = {"source": source, "pairs_file": str(pairs_file) if pairs_file else None,
                     "pairs": len(pairs), "genuine_pairs": int(pairs.is_same.sum()),
@@ -461,6 +500,9 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         "roc": M.subsample_roc(far, tar, thresholds, max_points=200),
         "confusion_matrix": confusion,
     }
+    if champion is not None:
+        metrics["champion"] = {"version": champion_version,
+                               **_champion(champion, pairs, manifest, pairs_file, paths, batch_size, flip_tta)}
     _check_finite(metrics)
     metrics = EvaluationDir.write(output_dir, _summary(metrics), metrics)
     write_report(EvaluationDir.report_file(output_dir), metrics, scores=scores, is_same=pairs.is_same,

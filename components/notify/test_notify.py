@@ -1,0 +1,157 @@
+"""The exit step: the store's run log and a webhook on 127.0.0.1 (up, failing, down), then through kfp.local."""
+
+# No `from __future__ import annotations`: the test components below need real annotations for KFP.
+import http.server
+import json
+import socket
+import threading
+import time
+
+import pytest
+from kfp import dsl, local
+
+from arcface.notify import report_run_end, run_end_record
+from arcface.store import ModelStore
+from components.common import LIGHT_IMAGE
+from components.notify import report_run_end as report_component
+
+
+class Webhook:
+    """An HTTP server on a free 127.0.0.1 port that records each POST body and answers ``status``."""
+
+    def __init__(self, status: int = 200, delay: float = 0.0):
+        self.bodies: list[dict] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the stdlib's name
+                time.sleep(delay)
+                hook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def webhook():
+    servers = []
+
+    def start(**kwargs) -> Webhook:
+        servers.append(Webhook(**kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (a port bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+
+
+FAILED = run_end_record(state="FAILED", run_id="run-7", task="train-model", error_code=1,
+                        error_message="Task train-model failed.", model_name="arcface")
+
+
+def test_a_failure_is_logged_in_the_store_and_posted(tmp_path, webhook):
+    hook = webhook()
+    outcome = report_run_end(FAILED, model_store=str(tmp_path), model_name="arcface", notify_url=hook.url)
+    assert outcome["webhook"] == {"ok": True, "status": 200} and outcome["run_log"]["ok"] is True
+    (logged,) = ModelStore(tmp_path).runs()
+    assert hook.bodies == [FAILED]
+    assert {k: logged[k] for k in FAILED} == FAILED  # the store keeps the same record, plus its time
+    assert (logged["state"], logged["failed_task"], logged["error_message"]) == \
+        ("FAILED", "train-model", "Task train-model failed.")
+
+
+def test_success_carries_no_error_fields():
+    record = run_end_record(state="SUCCEEDED", run_id="r", task="exit-handler-1")
+    assert record == {"kind": "run_end", "run_id": "r", "state": "SUCCEEDED", "model_name": ""}
+
+
+@pytest.mark.parametrize("kind", ["down", "error", "slow"])
+def test_a_webhook_that_fails_never_hides_the_run_or_its_record(tmp_path, webhook, kind):
+    url = closed_port_url() if kind == "down" else webhook(status=500 if kind == "error" else 200,
+                                                          delay=3.0 if kind == "slow" else 0.0).url
+    start = time.monotonic()
+    outcome = report_run_end(FAILED, model_store=str(tmp_path), notify_url=url, timeout=1.0)
+    assert time.monotonic() - start < 2.5  # bounded: a hung endpoint does not hold the run
+    assert outcome["webhook"]["ok"] is False and outcome["webhook"]["error"]
+    assert [r["state"] for r in ModelStore(tmp_path).runs()] == ["FAILED"]
+
+
+def test_no_store_and_no_url_is_quietly_nothing(tmp_path):
+    assert report_run_end(FAILED) == {"record": FAILED, "run_log": None, "webhook": None}
+
+
+def test_an_unwritable_store_is_reported_not_raised(tmp_path, webhook):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    hook = webhook()
+    outcome = report_run_end(FAILED, model_store=str(blocker), notify_url=hook.url)
+    assert outcome["run_log"]["ok"] is False and hook.bodies == [FAILED]
+
+
+def test_the_component_turns_kfps_status_into_the_record(tmp_path, webhook, capsys):
+    hook = webhook()
+    status = dsl.PipelineTaskFinalStatus(state="FAILED", pipeline_job_resource_name="jobs/run-9",
+                                         pipeline_task_name="exit-handler-1", error_code=1,
+                                         error_message="Task exit-handler-1 failed.")
+    report_component.python_func(status=status, model_store=str(tmp_path), model_name="arcface",
+                                 notify_url=hook.url, run_id="run-9")
+    assert "run ended: FAILED" in capsys.readouterr().out
+    (body,) = hook.bodies
+    assert body["run_id"] == "run-9" and body["failed_task"] == "exit-handler-1"
+
+
+@dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)
+def fails(message: str):
+    raise RuntimeError(message)
+
+
+@dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)
+def succeeds() -> str:
+    return "ok"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_kfp_local_runs_the_exit_step_after_success_and_failure(tmp_path, webhook, fail):
+    """kfp.local 2.17.3 runs a dsl.ExitHandler's step and gives it a PipelineTaskFinalStatus; on failure it
+    names only the exit handler's group ('Task exit-handler-1 failed.'), not the step inside that failed."""
+    hook = webhook()
+
+    @dsl.pipeline(name="exit-only")
+    def exit_only():
+        report = report_component(model_store=str(tmp_path / "store"), model_name="arcface", notify_url=hook.url,
+                                  run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+        with dsl.ExitHandler(report):
+            if fail:
+                fails(message="boom")
+            else:
+                succeeds()
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=False)
+    exit_only()
+    (record,) = ModelStore(tmp_path / "store").runs()
+    assert record["state"] == ("FAILED" if fail else "SUCCEEDED")
+    (run_dir,) = (tmp_path / "root").iterdir()
+    assert record["run_id"] == run_dir.name
+    if fail:
+        assert record["failed_task"] == "exit-handler-1" and record["error_message"] == "Task exit-handler-1 failed."
+    assert hook.bodies == [{k: v for k, v in record.items() if k != "time"}]
