@@ -5,7 +5,8 @@
     python pipeline.py run --local [--config YAML] [--data sample/orl] [--param k=v ...] [--output runs/local]
     python pipeline.py run --docker [same options]     # every step in its image (kfp.local.DockerRunner)
     python pipeline.py submit --host URL [--experiment NAME] [--namespace NS] [--token T] [--param k=v ...]
-    python pipeline.py schedule --host URL (--cron '0 0 3 * * 0' | --every 7d) [--max_minutes 60] [--param k=v ...]
+    python pipeline.py schedule --host URL (--cron '0 0 3 * * 0' | --every 7d) [--update] [--param k=v ...]
+    python pipeline.py models list|show|rollback --store DIR [--model NAME] [--version N]
 
 The DAG and its parameters are in ``components/dag.py``, local runs in ``components/runners.py``, the KFP client
 in ``components/cluster.py``; this file is the command line over them.
@@ -122,9 +123,47 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--cron", help="six-field cron, seconds first, e.g. '0 0 3 * * 0' (Sundays 03:00)")
     when.add_argument("--every", help="interval, e.g. 7d, 12h, 30m")
     p.add_argument("--name", default="arcface-retrain", help="recurring run name")
+    p.add_argument("--update", action="store_true",
+                   help="move the existing recurring run of this name to the newly compiled pipeline version")
     _add_params(p)
     _add_deploy_options(p)
+
+    p = sub.add_parser("models", help="the model store: list its versions, show one, roll back")
+    p.add_argument("action", choices=("list", "show", "rollback"))
+    p.add_argument("--store", required=True, help="the model store folder (the model_store parameter)")
+    p.add_argument("--model", default="arcface", help="the model's name in the store (default arcface)")
+    p.add_argument("--version", type=int,
+                   help="show: which version (default current); rollback: to which (default the one the current "
+                        "replaced)")
     return parser
+
+
+def models_command(args: argparse.Namespace) -> None:
+    """``models list|show|rollback``: a thin command line over arcface.store."""
+    import json
+
+    from arcface.store import ModelStore
+
+    store = ModelStore(args.store, args.model)
+    if args.action == "list":
+        rows = store.list()
+        if not rows:
+            print(f"{store.folder}: no versions")
+        for row in rows:
+            accuracy = row["verification_accuracy"]
+            print(f"{'*' if row['current'] else ' '} {row['version']:>4}  {row['created']}  "
+                  f"accuracy {'-' if accuracy is None else f'{accuracy:.4f}'}  run {row['run_id'] or '-'}"
+                  f"  replaced {row['replaced'] or '-'}")
+    elif args.action == "show":
+        version = args.version or store.current()
+        if version is None:
+            raise ValueError(f"{store.folder} has no current version; name one with --version")
+        print(json.dumps({"path": store.version_dir(version), "current": version == store.current(),
+                          **store.lineage(version).to_dict()}, indent=2))
+    else:
+        before = store.current()
+        after = store.rollback(args.version)
+        print(f"{store.folder}: current version {before} -> {after}")
 
 
 def _server_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,15 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("pipeline arguments: " + ", ".join(f"{k}={v!r}" for k, v in arguments.items()), flush=True)
             print_summary(run_local(arguments, args.output, docker=args.docker, progress=sys.stdout))
         elif args.command == "submit":
-            result = submit(args.host, _server_arguments(args), options=deploy_options(args),
-                            experiment=args.experiment, namespace=args.namespace, token=args.token,
-                            run_name=args.run_name, pipeline_root=args.pipeline_root)
-            print(f"submitted run {result.run_id}")
+            run, version = submit(args.host, _server_arguments(args), options=deploy_options(args),
+                                  experiment=args.experiment, namespace=args.namespace, token=args.token,
+                                  run_name=args.run_name, pipeline_root=args.pipeline_root)
+            print(f"pipeline version {version.name} ({'uploaded' if version.uploaded else 'already there'})")
+            print(f"submitted run {run.run_id}")
+        elif args.command == "schedule":
+            job, version, replaced = schedule(
+                args.host, _server_arguments(args), cron=args.cron, every=args.every, options=deploy_options(args),
+                experiment=args.experiment, namespace=args.namespace, token=args.token, name=args.name,
+                pipeline_root=args.pipeline_root, update=args.update)
+            print(f"pipeline version {version.name} ({'uploaded' if version.uploaded else 'already there'})")
+            print(f"created recurring run {job.recurring_run_id}"
+                  + (f", replacing {', '.join(replaced)}" if replaced else ""))
         else:
-            job = schedule(args.host, _server_arguments(args), cron=args.cron, every=args.every,
-                           options=deploy_options(args), experiment=args.experiment, namespace=args.namespace,
-                           token=args.token, name=args.name, pipeline_root=args.pipeline_root)
-            print(f"created recurring run {job.recurring_run_id}")
+            models_command(args)
     except (ValueError, RuntimeError) as e:  # ConfigError and DataError are ValueErrors with the fix in them
         print(f"pipeline.py {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "arcface_pipeline.yaml"
 KFP_TYPES = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING", bool: "BOOLEAN"}
 STEPS = {"validate-data": "validate", "train-model": "train", "evaluate-model": "evaluate",
-         "quality-gate": "gate", "export-model": "export"}
+         "quality-gate": "gate", "export-model": "export", "promote-model": "promote",
+         "report-run-end": "notify"}
 
 
 def compile_docs(tmp_path, options=None) -> list[dict]:
@@ -37,27 +38,49 @@ def spec(tmp_path_factory) -> dict:
 
 
 def all_tasks(spec: dict) -> dict[str, dict]:
-    """Every task of the root DAG and of the condition's sub-DAG, by name."""
+    """Every task of the root DAG and of its sub-DAGs (the exit handler's, the condition's), by name."""
     tasks = dict(spec["root"]["dag"]["tasks"])
-    for name, component in spec["components"].items():
-        if name.startswith("comp-condition"):
+    for component in spec["components"].values():
+        if "dag" in component:
             tasks.update(component["dag"]["tasks"])
     return tasks
 
 
-def test_dag_edges(spec):
+def steps_dag(spec: dict) -> dict[str, dict]:
+    """The tasks under the exit handler: the pipeline's steps."""
+    return spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+
+def test_the_exit_step_runs_after_the_steps_whatever_their_outcome(spec):
     root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "report-run-end"}
+    report = root["report-run-end"]
+    assert report["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    assert report["dependentTasks"] == ["exit-handler-1"]
+    assert report["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    for name in ("model_store", "model_name", "notify_url"):
+        assert report["inputs"]["parameters"][name] == {"componentInputParameter": name}
+
+
+def test_dag_edges(spec):
+    root = steps_dag(spec)
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
     assert deps["validate-data"] == set()
     assert deps["train-model"] == {"validate-data"}
     assert deps["evaluate-model"] == {"train-model", "validate-data"}
     assert deps["quality-gate"] == {"evaluate-model"}
-    condition = root["condition-1"]
+    condition = root["condition-2"]
     assert "quality-gate" in condition["dependentTasks"]
     assert condition["triggerPolicy"]["condition"] == \
         "inputs.parameter_values['pipelinechannel--quality-gate-Output'] == true"
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"export-model"}
+    inner = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert set(inner) == {"export-model", "promote-model"}
+    promote = inner["promote-model"]
+    assert promote["dependentTasks"] == ["export-model"]
+    assert promote["inputs"]["artifacts"]["exported"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "exported", "producerTask": "export-model"}
+    assert promote["inputs"]["artifacts"]["evaluation"] == {
+        "componentInputArtifact": "pipelinechannel--evaluate-model-metrics"}
     # The gate reads evaluate's evaluation (the Metrics artifact), as export does.
     gate_inputs = root["quality-gate"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]
     assert gate_inputs == {"outputArtifactKey": "metrics", "producerTask": "evaluate-model"}
@@ -88,7 +111,7 @@ def test_original_flag_defaults_are_kept(spec):
 
 
 def test_validate_step_receives_every_field(spec):
-    config = spec["root"]["dag"]["tasks"]["validate-data"]["inputs"]["parameters"]["config"]
+    config = steps_dag(spec)["validate-data"]["inputs"]["parameters"]["config"]
     constant = config["runtimeValue"]["constant"]
     assert set(constant) == {f.name for f in cfg.fields()}
     for name, value in constant.items():
@@ -99,7 +122,8 @@ def test_images_come_from_arcface_images(spec):
     executors = spec["deploymentSpec"]["executors"]
     expected = {"exec-validate-data": images.validate_image(), "exec-quality-gate": images.validate_image(),
                 "exec-train-model": images.cpu_image(), "exec-evaluate-model": images.cpu_image(),
-                "exec-export-model": images.cpu_image()}
+                "exec-export-model": images.cpu_image(), "exec-promote-model": images.validate_image(),
+                "exec-report-run-end": images.validate_image()}
     assert {name: e["container"]["image"] for name, e in executors.items()} == expected
     for executor in executors.values():
         container = executor["container"]
@@ -109,7 +133,7 @@ def test_images_come_from_arcface_images(spec):
 
 def test_caching_is_off(spec):
     tasks = all_tasks(spec)
-    assert set(tasks) == set(STEPS) | {"condition-1"}
+    assert set(tasks) == set(STEPS) | {"condition-2", "exit-handler-1"}
     for name in STEPS:
         assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
 
@@ -118,6 +142,9 @@ def test_retries(spec):
     tasks = all_tasks(spec)
     for name, step in STEPS.items():
         retries, backoff = pipeline.RETRIES[step]
+        if not retries:
+            assert "retryPolicy" not in tasks[name], name
+            continue
         assert tasks[name]["retryPolicy"] == {"maxRetryCount": retries, "backoffDuration": backoff,
                                               "backoffFactor": pipeline.BACKOFF_FACTOR,
                                               "backoffMaxDuration": pipeline.BACKOFF_MAX}, name
@@ -155,7 +182,7 @@ def test_gpu_node_selector_toleration_and_pvc(tmp_path):
     assert k8s["exec-train-model"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
                                                        "operator": "Exists"}]
     for executor in ("exec-validate-data", "exec-train-model", "exec-evaluate-model", "exec-quality-gate",
-                     "exec-export-model"):
+                     "exec-export-model", "exec-promote-model", "exec-report-run-end"):
         mounts = k8s[executor]["pvcMount"]
         assert [(m["mountPath"], m["pvcNameParameter"]["runtimeValue"]["constant"]) for m in mounts] == \
             [("/mnt/faces", "faces")], executor
