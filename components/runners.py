@@ -85,7 +85,8 @@ def docker_runner(arguments: Mapping[str, Any], pipeline_root: str):
 
     * Data: every existing absolute path among :data:`HOST_PATH_PARAMETERS` is bind-mounted read-only at the same
       path (DockerRunner itself mounts only the pipeline root, read-write, at the same path). A path that does not
-      exist is not mounted, so the validate step reports it as it does without Docker.
+      exist is not mounted, so the validate step reports it as it does without Docker. ``model_store`` (read by
+      evaluate, written by promote and the exit step) is created and mounted read-write at the same path.
     * Users: a non-root caller runs the steps as its own uid:gid, so it can write its pipeline root and owns the
       outputs (HOME=/tmp: that uid has no home in the image). Root keeps the images' own non-root user
       (uid 1000) and hands it the pipeline root (chown), rather than running the steps as root.
@@ -151,8 +152,9 @@ def _containers_read_before_removal() -> Iterator[None]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_STARTED = re.compile(r"Executing task '([\w-]+)'")
 _TASK_ENDED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
-#: Lines of a step's own output worth showing as progress: the trainer's epoch lines and the gate's decision.
-_PROGRESS_LINES = re.compile(r"^\s*(epoch \d+/\d+:|quality gate:)")
+#: Lines of a step's own output worth showing as progress: the trainer's epoch lines, the champion's score, the
+#: gate's decision, the promotion and how the run ended (the exit step).
+_PROGRESS_LINES = re.compile(r"^\s*(epoch \d+/\d+:|champion:|quality gate:|promote:|run ended:)")
 
 
 class _ProgressLog(io.TextIOBase):
@@ -164,6 +166,7 @@ class _ProgressLog(io.TextIOBase):
         self._started: dict[str, float] = {}
         self.lines: list[str] = []  # the log's lines since the current task started, for a failure message
         self.failed_task: str | None = None
+        self.failed_lines: list[str] = []  # the first failed task's lines: the exit step runs after it
 
     def writable(self) -> bool:
         return True
@@ -189,8 +192,8 @@ class _ProgressLog(io.TextIOBase):
         elif ended := _TASK_ENDED.search(line):
             task, status = ended.groups()
             seconds = time.monotonic() - self._started.get(task, time.monotonic())
-            if status != "SUCCESS":
-                self.failed_task = task
+            if status != "SUCCESS" and self.failed_task is None:
+                self.failed_task, self.failed_lines = task, self.lines
             self._say(f"[{time.strftime('%H:%M:%S')}] {task} {'done' if status == 'SUCCESS' else status} "
                       f"({seconds:.0f} s)")
         else:
@@ -259,7 +262,7 @@ def run_local(arguments: Mapping[str, Any], output: str, *, docker: bool = False
         log = _keep_log(log_path, run_dir) if stream else None
         if stream is None:
             raise
-        tail = "\n".join(f"    {line}" for line in stream.lines[-15:] if line.strip())
+        tail = "\n".join(f"    {line}" for line in (stream.failed_lines or stream.lines)[-15:] if line.strip())
         raise RuntimeError(f"{e}\n  last lines of {stream.failed_task or 'the failing step'}:\n{tail}\n"
                            f"  the whole log: {log}") from None
     run_dir = _new_run_dir(root, before)
@@ -291,8 +294,8 @@ def _keep_log(log_path: str, run_dir: str | None) -> str | None:
 
 
 # Where kfp.local puts each task's outputs: <run folder>/<task name>/<output name>.
-VALIDATE_TASK, TRAIN_TASK, EVALUATE_TASK, GATE_TASK, EXPORT_TASK = (
-    "validate-data", "train-model", "evaluate-model", "quality-gate", "export-model")
+VALIDATE_TASK, TRAIN_TASK, EVALUATE_TASK, GATE_TASK, EXPORT_TASK, PROMOTE_TASK = (
+    "validate-data", "train-model", "evaluate-model", "quality-gate", "export-model", "promote-model")
 
 
 def summarize_run(run_dir: str) -> dict[str, Any]:
@@ -303,7 +306,7 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
         if os.path.isdir(task_dir):
             tasks[task] = sorted(os.path.join(task_dir, name) for name in os.listdir(task_dir))
     summary: dict[str, Any] = {"run_dir": run_dir, "tasks": tasks, "metrics": None, "exported": None,
-                               "model": None, "manifest": None}
+                               "model": None, "manifest": None, "promoted": None}
     from arcface import contracts
 
     evaluation = os.path.join(run_dir, EVALUATE_TASK, "metrics")
@@ -313,6 +316,12 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
                       ("manifest", os.path.join(run_dir, VALIDATE_TASK, "manifest")),
                       ("exported", os.path.join(run_dir, EXPORT_TASK, "exported"))):
         summary[key] = path if os.path.isdir(path) else None
+    promoted = os.path.join(run_dir, PROMOTE_TASK, "executor_output.json")
+    if os.path.isfile(promoted):
+        import json
+
+        with open(promoted, encoding="utf-8") as f:
+            summary["promoted"] = json.load(f)["parameterValues"]["Output"] or None  # 0: no store
     return summary
 
 
@@ -338,6 +347,9 @@ def print_summary(summary: Mapping[str, Any], file: TextIO | None = None) -> Non
     if not summary["exported"]:
         say("not exported: the quality gate held it back (its reason is above and in the step logs)")
         return
+    if summary.get("promoted"):
+        say(f"promoted: version {summary['promoted']} is now current in the model store "
+            "(python pipeline.py models list --store ...)")
     exported = os.path.relpath(summary["exported"])
     if exported.startswith(".."):
         exported = summary["exported"]

@@ -109,8 +109,10 @@ def test_bad_parameters_fail_at_the_first_step(few_faces, tmp_path, changes, mes
     assert message in str(failure.value)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert message in (run_dir / "run.log").read_text()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["run.log", "validate-data"]  # train never started
+    # Train never started; the exit step ran after the failure and said so.
+    assert sorted(p.name for p in run_dir.iterdir()) == ["report-run-end", "run.log", "validate-data"]
     assert "validate-data FAILURE" in progress.getvalue()
+    assert "run ended: FAILED" in progress.getvalue()
 
 
 @pytest.mark.slow
