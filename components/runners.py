@@ -8,6 +8,7 @@ lines are shown when a step fails.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -156,7 +157,7 @@ class _ProgressLog(io.TextIOBase):
         self.log, self.terminal = log, terminal
         self._partial = ""
         self._started: dict[str, float] = {}
-        self.lines: list[str] = []  # the log's lines since the current task started, for a failure message
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)  # the current task's last lines
         self.failed_task: str | None = None
 
     def writable(self) -> bool:
@@ -178,7 +179,7 @@ class _ProgressLog(io.TextIOBase):
         if started := _TASK_STARTED.search(line):
             task = started.group(1)
             self._started[task] = time.monotonic()
-            self.lines = []
+            self.lines.clear()
             self._say(f"[{time.strftime('%H:%M:%S')}] {task} ...")
         elif ended := _TASK_ENDED.search(line):
             task, status = ended.groups()
@@ -253,7 +254,7 @@ def run_local(arguments: Mapping[str, Any], output: str, *, docker: bool = False
         log = _keep_log(log_path, run_dir) if stream else None
         if stream is None:
             raise
-        tail = "\n".join(f"    {line}" for line in stream.lines[-15:] if line.strip())
+        tail = "\n".join(f"    {line}" for line in list(stream.lines)[-15:] if line.strip())
         raise RuntimeError(f"{e}\n  last lines of {stream.failed_task or 'the failing step'}:\n{tail}\n"
                            f"  the whole log: {log}") from None
     run_dir = _new_run_dir(root, before)
