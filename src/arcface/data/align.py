@@ -288,19 +288,32 @@ def encode_png(crop: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def align_file_bytes(contents: Sequence[bytes], names: Sequence[str], image_size: int,
-                     error: Callable[[str], Exception] = DataError) -> list[bytes]:
-    """Encoded photos -> encoded (PNG) aligned crops, for the entrances that feed ``model_input`` with bytes.
-    A photo whose face is excluded raises ``error`` naming the file, the finding and the fix."""
+def aligned_model_inputs(contents: Sequence[bytes], names: Sequence[str], image_size: int, center_crop: float = 1.0,
+                         *, whole_image_fallback: bool = False,
+                         error: Callable[[str], Exception] = DataError) -> tuple[np.ndarray, dict[str, str]]:
+    """Encoded photos -> the model inputs [N, S, S, 3] of their aligned crops, through ``model_input`` as in
+    training (the crop encoded losslessly, then decoded and normalized exactly as the align step's crops are).
+
+    A photo whose face is excluded raises ``error`` naming the file, the finding and the fix; with
+    ``whole_image_fallback`` it is fed whole instead (as with --align none) and returned in the second value,
+    {name: 'code: message'}, so the caller reports it.
+    """
+    import tensorflow as tf
+
+    from arcface.data.preprocess import model_input
+
     results = align_images([upright_image(c) for c in contents], image_size)
-    crops = []
-    for name, result in zip(names, results, strict=True):
+    inputs, not_aligned = [], {}
+    for name, raw, result in zip(names, contents, results, strict=True):
         if not result.usable:
             code, message = result.findings[-1]
-            raise error(f"{name}: {code}: {message}; {CODES[code][2]} (or pass --align none to embed the "
-                        "whole image)")
-        crops.append(encode_png(result.crop))
-    return crops
+            if not whole_image_fallback:
+                raise error(f"{name}: {code}: {message}; {CODES[code][2]} (or pass --align none to use the "
+                            "whole image)")
+            not_aligned[name] = f"{code}: {message}"
+        encoded = encode_png(result.crop) if result.usable else raw
+        inputs.append(model_input(tf.constant(encoded), image_size, center_crop).numpy())
+    return np.stack(inputs), not_aligned
 
 
 # ---------------------------------------------------------------------------------------------------
