@@ -55,7 +55,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
 
+    import logging
+
     from arcface.data import run_validation
+
+    logging.getLogger("arcface").setLevel(logging.ERROR)  # the tree of links has one-sided identities; no matter
     from arcface.data.align import MtcnnDetector, align_images, align_manifest, upright_image
 
     source, paths = pick_images(args.images)
