@@ -82,3 +82,38 @@ def test_the_card_states_the_input_contract():
     assert input_contract({"method": "none"}, 112).startswith("raw image")
     contract = input_contract({"method": "mtcnn", "image_size": 112}, 112)
     assert contract.startswith("aligned face crop") and "112x112" in contract and "do not detect" in contract
+
+
+def test_pairs_evaluation_aligns_the_photos_as_the_model_was_trained(sample_dir, tmp_path):
+    """A pairs file of raw photos is aligned when the model records alignment; a photo without a face is fed
+    whole and named in the metrics (not silently dropped)."""
+    from arcface import artifacts
+    from arcface.config import TrainConfig
+    from arcface.evaluation.evaluate import evaluate
+    from arcface.models import build_models
+
+    root = tmp_path / "pairs_root"
+    for identity in ("s1", "s2"):
+        (root / identity).mkdir(parents=True)
+        for i, name in enumerate(sorted(os.listdir(sample_dir / "train" / identity))[:3], start=1):
+            face = np.asarray(Image.open(sample_dir / "train" / identity / name).convert("RGB"))
+            Image.fromarray(scene([(face, 1.2, 0.0, (100 + 50 * i, 80))])).save(root / identity / f"{identity}_{i:04d}.jpg")
+    Image.fromarray(np.full((250, 250, 3), 128, np.uint8)).save(root / "s2" / "s2_0003.jpg")  # no face in it
+    (root / "pairs.txt").write_text("1 2\ns1\t1\t2\ns2\t1\t3\ns1\t3\ts2\t1\ns1\t2\ts2\t2\n", encoding="utf-8")
+    config = TrainConfig(backbone="TinyFaceNet", image_size=SIZE, n_classes=2, embedding_size=16, seed=1)
+    training_model, embedding_model = build_models(config)
+    model = tmp_path / "model"
+    model.mkdir()
+    artifacts.save_keras(training_model, model / artifacts.TRAINING_MODEL_FILE)
+    artifacts.save_keras(embedding_model, model / artifacts.EMBEDDING_MODEL_FILE)
+    config.save(model / artifacts.CONFIG_FILE)
+    artifacts.write_json(model / artifacts.METADATA_FILE, {"class_names": ["s1", "s2"],
+                                                           "alignment": {"method": "mtcnn", "image_size": SIZE}})
+    result = evaluate(str(model), None, output_dir=str(tmp_path / "eval"), pairs_file=str(root / "pairs.txt"))
+    verification = result["verification"]
+    assert verification["alignment"] == "mtcnn" and verification["pairs"] == 4
+    assert list(verification["not_aligned"]) == [str(root / "s2" / "s2_0003.jpg")]
+    assert verification["not_aligned"][str(root / "s2" / "s2_0003.jpg")].startswith("no_face")
+    plain = evaluate(str(model), None, output_dir=str(tmp_path / "eval2"), pairs_file=str(root / "pairs.txt"),
+                     align="none")
+    assert plain["verification"]["alignment"] == "none" and plain["verification"]["not_aligned"] == {}
