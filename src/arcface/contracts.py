@@ -177,9 +177,9 @@ class AlignedDir(ManifestDir):
         """Add the crops and records of ``folder`` (this run's output) to the cache folder ``cache``."""
         import shutil
 
-        kept = cls.read_records(cache).get("images", {}) if cls.has_records(cache) else {}
-        if cls.has_records(cache) and cls.read_records(cache).get("settings") != records["settings"]:
-            kept = {}  # other settings: those crops would never be reused again
+        earlier = cls.read_records(cache) if cls.has_records(cache) else {}
+        # Crops made under other settings would never be reused again: they are dropped from the records.
+        kept = earlier.get("images", {}) if earlier.get("settings") == records["settings"] else {}
         for sha, record in records["images"].items():
             if record.get("crop") and sha not in kept:
                 target = os.path.join(cls.crops_dir(cache), record["crop"])

@@ -631,4 +631,8 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=
                                      strict=config.strict, n_classes=config.n_classes)
     elif isinstance(manifest, str | os.PathLike):
         manifest = data.Manifest.read(manifest)
+    if config.align != "none" and manifest.alignment is None:
+        log.warning("align=%s but the manifest holds the images as they are (not aligned crops): the model is "
+                    "trained, and recorded, as align=none; run `arcface align` on the manifest first to train on "
+                    "aligned faces, or pass --align none to say so", config.align)
     return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset).fit()
