@@ -288,6 +288,7 @@ def _keep_log(log_path: str, run_dir: str | None) -> str | None:
 # Where kfp.local puts each task's outputs: <run folder>/<task name>/<output name>.
 VALIDATE_TASK, TRAIN_TASK, EVALUATE_TASK, GATE_TASK, EXPORT_TASK = (
     "validate-data", "train-model", "evaluate-model", "quality-gate", "export-model")
+ALIGN_TASK = "align-faces"
 
 
 def summarize_run(run_dir: str) -> dict[str, Any]:
@@ -298,7 +299,7 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
         if os.path.isdir(task_dir):
             tasks[task] = sorted(os.path.join(task_dir, name) for name in os.listdir(task_dir))
     summary: dict[str, Any] = {"run_dir": run_dir, "tasks": tasks, "metrics": None, "exported": None,
-                               "model": None, "manifest": None}
+                               "model": None, "manifest": None, "aligned": None}
     from arcface import contracts
 
     evaluation = os.path.join(run_dir, EVALUATE_TASK, "metrics")
@@ -306,6 +307,7 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
         summary["metrics"] = contracts.EvaluationDir.read(evaluation).to_dict()
     for key, path in (("model", os.path.join(run_dir, TRAIN_TASK, "model")),
                       ("manifest", os.path.join(run_dir, VALIDATE_TASK, "manifest")),
+                      ("aligned", os.path.join(run_dir, ALIGN_TASK, "aligned")),
                       ("exported", os.path.join(run_dir, EXPORT_TASK, "exported"))):
         summary[key] = path if os.path.isdir(path) else None
     return summary
@@ -315,8 +317,9 @@ def print_summary(summary: Mapping[str, Any], file: TextIO | None = None) -> Non
     """Where the outputs are, the headline numbers, where the exported model is, what to try next."""
     say = lambda text="": print(text, file=file or sys.stdout)  # noqa: E731
     say(f"\nfinished in {summary['seconds']:.0f} s; everything is under {summary['run_dir']}")
-    for label, key in (("validated data", "manifest"), ("trained model", "model"), ("exported model", "exported")):
-        if summary[key]:
+    for label, key in (("validated data", "manifest"), ("aligned faces", "aligned"), ("trained model", "model"),
+                       ("exported model", "exported")):
+        if summary.get(key):
             say(f"  {label + ':':16} {summary[key]}")
     if summary.get("log"):
         say(f"  {'step logs:':16} {summary['log']}")

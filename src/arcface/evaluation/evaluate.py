@@ -196,6 +196,15 @@ def _load(model, manifest):
     return trained, manifest
 
 
+def _alignment_method(trained, align: str | None) -> str:
+    """'mtcnn' or 'none': ``align`` when given, else what the model's metadata records (none when absent)."""
+    if align not in (None, "auto"):
+        if align not in ("mtcnn", "none"):
+            raise EvaluationError(f"align={align!r} is unknown; choose auto, mtcnn or none")
+        return align
+    return str((trained.metadata.get("alignment") or {}).get("method", "none"))
+
+
 def _head_classes(training_model) -> int | None:
     try:
         return int(training_model.get_layer("head").n_classes)
@@ -390,7 +399,8 @@ def _check_finite(metrics: Any, where: str = "metrics") -> None:
 
 def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file: str | os.PathLike | None = None,
              pairs_root: str | os.PathLike | None = None, flip_tta: bool = True, batch_size: int = 64,
-             seed: int = 42, on_missing: str = "error", center_crop: float | None = None) -> dict[str, Any]:
+             seed: int = 42, on_missing: str = "error", center_crop: float | None = None,
+             align: str | None = None) -> dict[str, Any]:
     """Evaluate a trained model; write ``metrics.json`` and ``report.html`` into ``output_dir``.
 
     Args:
@@ -403,6 +413,9 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         flip_tta: add the mirrored image's embedding for verification.
         seed: for drawing pairs from the validation split.
         center_crop: override the training run's center_crop (default: from the model's config).
+        align: how the images of a pairs file are aligned: 'mtcnn', 'none', or None/'auto' to follow the
+            model's metadata (the manifest's images are already what training read). An image whose face is
+            not found is fed whole, and listed in ``verification.not_aligned``.
 
     Returns:
         metrics.json as written (:class:`arcface.contracts.EvaluationDir`): ``verification``, ``closed_set``,
@@ -419,9 +432,20 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
 
     closed = _closed_set(trained, manifest, crop, batch_size)
     pairs, source = _pairs(manifest, pairs_file, pairs_root, seed, on_missing)
+    not_aligned: dict[str, str] = {}
+    method = _alignment_method(trained, align)
     if pairs_file:
         paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
         images = paths
+        if method != "none":  # raw photos: aligned as the training crops were
+            from arcface.data.align import aligned_model_inputs
+
+            contents = []
+            for path in paths:
+                with open(path, "rb") as f:
+                    contents.append(f.read())
+            images, not_aligned = aligned_model_inputs(contents, paths, trained.image_size, crop,
+                                                       whole_image_fallback=True, error=EvaluationError)
     else:  # drawn from the validation split: read it as training does (EXIF orientation included)
         paths = manifest.absolute_paths(VALIDATION)
         images = validation_dataset(manifest, trained.image_size, crop, batch_size)
@@ -440,6 +464,7 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
     verification = {"source": source, "pairs_file": str(pairs_file) if pairs_file else None,
                     "pairs": len(pairs), "genuine_pairs": int(pairs.is_same.sum()),
                     "impostor_pairs": int((~pairs.is_same).sum()), "pairs_counts": pairs.counts,
+                    "alignment": method, "not_aligned": not_aligned,
                     **_verification(scores, pairs)}
     far, tar, thresholds = M.roc_curve(scores, pairs.is_same)
     confusion = closed.pop("confusion_matrix", None)
