@@ -80,8 +80,8 @@ def test_submit_sends_the_compiled_spec_and_parameters(server, capsys):
     assert body["runtime_config"]["parameters"] == {"data_root": "/data/faces", "epochs": 20, "max_minutes": 60.0}
     spec = body["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == pipeline.PIPELINE_NAME
-    assert set(spec_tasks(spec)) == {"validate-data", "train-model", "evaluate-model", "quality-gate",
-                                     "condition-1"}
+    assert set(spec_tasks(spec)) == {"validate-data", "align-faces", "train-model", "evaluate-model",
+                                     "quality-gate", "condition-1"}
     # The compiled caching settings reach the server untouched (submit never passes enable_caching).
     assert spec_tasks(spec)["train-model"]["cachingOptions"] == {}
     train = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
