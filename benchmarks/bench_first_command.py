@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,20 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.readme import setup_commands  # noqa: E402 - the README's own line, not a copy
+from tests.readme import copy_checkout, setup_commands  # noqa: E402 - the README's own line, not a copy
 
 FIGURES = ("verification_accuracy", "auc", "eer", "top1_accuracy", "top5_accuracy", "genuine_pairs",
            "impostor_pairs")
-
-
-def copy_checkout(dest: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def folder_bytes(path: Path) -> int:

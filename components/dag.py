@@ -1,7 +1,7 @@
 """The pipeline's DAG: its parameters (generated from the config), its steps, and their cluster placement.
 
-validate -> train -> evaluate (new model and the store's champion, same pairs) -> quality gate -> (dsl.If)
-export -> promote, all under a dsl.ExitHandler whose step records how the run ended. Every field of
+validate -> align -> train -> evaluate (new model and the store's champion, same pairs) -> quality gate ->
+(dsl.If) export -> promote, all under a dsl.ExitHandler whose step records how the run ended. Every field of
 :class:`arcface.config.TrainConfig` is a pipeline parameter with the same name, type and default (the signature is
 generated from ``arcface.config.fields()``, so a new flag is a new parameter), plus the few that only the pipeline
 has (:data:`PIPELINE_PARAMETERS`: data_root, pairs, the quality gate, export).
@@ -20,6 +20,7 @@ from typing import Any
 from kfp import compiler, dsl
 
 from arcface import config as cfg
+from components.align import align_faces
 from components.common import GPU_IMAGE
 from components.evaluate import evaluate_model, quality_gate
 from components.export import export_model
@@ -60,11 +61,12 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
 # Step settings. Caching is off everywhere: validate and the gate read things their cache key cannot see (the
 # images under data_root, the champion in model_store), training must never be skipped, evaluate/export/promote
 # consume the fresh model of this run, so a cache hit is impossible for them anyway, and the exit step must run.
-CACHING = {"validate": False, "train": False, "evaluate": False, "gate": False, "export": False,
+CACHING = {"validate": False, "align": False, "train": False, "evaluate": False, "gate": False, "export": False,
            "promote": False, "notify": False}
 # (cpu request, cpu limit, memory request, memory limit)
 RESOURCES = {
     "validate": ("1", "4", "1Gi", "4Gi"),
+    "align": ("2", "4", "4Gi", "8Gi"),
     "train": ("4", "8", "8Gi", "16Gi"),
     "evaluate": ("2", "4", "4Gi", "8Gi"),
     "gate": ("100m", "500m", "128Mi", "256Mi"),
@@ -76,8 +78,8 @@ RESOURCES = {
 # Training retries once: with resume on, a retried pod continues from the last checkpoint when the artifact
 # store is a persistent mount, and a genuine bug fails again quickly anyway.
 # Promote is not retried: a retry after its pointer moved would find another champion and refuse anyway.
-RETRIES = {"validate": (2, "30s"), "train": (1, "120s"), "evaluate": (2, "30s"), "gate": (2, "10s"),
-           "export": (2, "30s"), "promote": (0, "0s"), "notify": (2, "10s")}
+RETRIES = {"validate": (2, "30s"), "align": (2, "30s"), "train": (1, "120s"), "evaluate": (2, "30s"),
+           "gate": (2, "10s"), "export": (2, "30s"), "promote": (0, "0s"), "notify": (2, "10s")}
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX = "3600s"
 
@@ -187,10 +189,13 @@ def build_pipeline(options: DeployOptions | None = None):
         validate = _configure(validate_data(config={name: p[name] for name in field_names},
                                             data_root=p["data_root"]),
                               "validate", options, "validate data and config")
-        train = _configure(train_model(config=validate.outputs["config"], manifest=validate.outputs["manifest"]),
+        # train, evaluate and export read the align step's manifest (its crops; the validated one with align=none)
+        align = _configure(align_faces(config=validate.outputs["config"], manifest=validate.outputs["manifest"]),
+                           "align", options, "align faces")
+        train = _configure(train_model(config=validate.outputs["config"], manifest=align.outputs["aligned"]),
                            "train", options, "train")
         _place_training(train, options)
-        evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=validate.outputs["manifest"],
+        evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=align.outputs["aligned"],
                                              pairs_file=p["pairs_file"], pairs_root=p["pairs_root"],
                                              seed=p["seed"], model_store=p["model_store"],
                                              model_name=p["model_name"]),
@@ -201,8 +206,9 @@ def build_pipeline(options: DeployOptions | None = None):
                           "gate", options, "quality gate")
         with dsl.If(gate.outputs["Output"] == True, name="quality-gate-passed"):  # noqa: E712 - a KFP condition
             export = _configure(export_model(model=train.outputs["model"], evaluation=evaluate.outputs["metrics"],
-                                    manifest=validate.outputs["manifest"], formats=p["export_formats"], quantize=p["quantize"]),
-                       "export", options, "export")
+                                             manifest=align.outputs["aligned"], formats=p["export_formats"],
+                                             quantize=p["quantize"]),
+                                "export", options, "export")
             _configure(promote_model(exported=export.outputs["exported"], evaluation=evaluate.outputs["metrics"],
                                      model_store=p["model_store"], model_name=p["model_name"],
                                      keep_versions=p["keep_versions"], run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),

@@ -8,6 +8,7 @@ lines are shown when a step fails.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -164,7 +165,7 @@ class _ProgressLog(io.TextIOBase):
         self.log, self.terminal = log, terminal
         self._partial = ""
         self._started: dict[str, float] = {}
-        self.lines: list[str] = []  # the log's lines since the current task started, for a failure message
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)  # the current task's last lines
         self.failed_task: str | None = None
         self.failed_lines: list[str] = []  # the first failed task's lines: the exit step runs after it
 
@@ -187,13 +188,13 @@ class _ProgressLog(io.TextIOBase):
         if started := _TASK_STARTED.search(line):
             task = started.group(1)
             self._started[task] = time.monotonic()
-            self.lines = []
+            self.lines.clear()
             self._say(f"[{time.strftime('%H:%M:%S')}] {task} ...")
         elif ended := _TASK_ENDED.search(line):
             task, status = ended.groups()
             seconds = time.monotonic() - self._started.get(task, time.monotonic())
             if status != "SUCCESS" and self.failed_task is None:
-                self.failed_task, self.failed_lines = task, self.lines
+                self.failed_task, self.failed_lines = task, list(self.lines)
             self._say(f"[{time.strftime('%H:%M:%S')}] {task} {'done' if status == 'SUCCESS' else status} "
                       f"({seconds:.0f} s)")
         else:
@@ -262,7 +263,7 @@ def run_local(arguments: Mapping[str, Any], output: str, *, docker: bool = False
         log = _keep_log(log_path, run_dir) if stream else None
         if stream is None:
             raise
-        tail = "\n".join(f"    {line}" for line in (stream.failed_lines or stream.lines)[-15:] if line.strip())
+        tail = "\n".join(f"    {line}" for line in (stream.failed_lines or list(stream.lines))[-15:] if line.strip())
         raise RuntimeError(f"{e}\n  last lines of {stream.failed_task or 'the failing step'}:\n{tail}\n"
                            f"  the whole log: {log}") from None
     run_dir = _new_run_dir(root, before)
@@ -296,6 +297,7 @@ def _keep_log(log_path: str, run_dir: str | None) -> str | None:
 # Where kfp.local puts each task's outputs: <run folder>/<task name>/<output name>.
 VALIDATE_TASK, TRAIN_TASK, EVALUATE_TASK, GATE_TASK, EXPORT_TASK, PROMOTE_TASK = (
     "validate-data", "train-model", "evaluate-model", "quality-gate", "export-model", "promote-model")
+ALIGN_TASK = "align-faces"
 
 
 def summarize_run(run_dir: str) -> dict[str, Any]:
@@ -306,7 +308,7 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
         if os.path.isdir(task_dir):
             tasks[task] = sorted(os.path.join(task_dir, name) for name in os.listdir(task_dir))
     summary: dict[str, Any] = {"run_dir": run_dir, "tasks": tasks, "metrics": None, "exported": None,
-                               "model": None, "manifest": None, "promoted": None}
+                               "model": None, "manifest": None, "aligned": None, "promoted": None}
     from arcface import contracts
 
     evaluation = os.path.join(run_dir, EVALUATE_TASK, "metrics")
@@ -314,6 +316,7 @@ def summarize_run(run_dir: str) -> dict[str, Any]:
         summary["metrics"] = contracts.EvaluationDir.read(evaluation).to_dict()
     for key, path in (("model", os.path.join(run_dir, TRAIN_TASK, "model")),
                       ("manifest", os.path.join(run_dir, VALIDATE_TASK, "manifest")),
+                      ("aligned", os.path.join(run_dir, ALIGN_TASK, "aligned")),
                       ("exported", os.path.join(run_dir, EXPORT_TASK, "exported"))):
         summary[key] = path if os.path.isdir(path) else None
     promoted = os.path.join(run_dir, PROMOTE_TASK, "executor_output.json")
@@ -329,8 +332,9 @@ def print_summary(summary: Mapping[str, Any], file: TextIO | None = None) -> Non
     """Where the outputs are, the headline numbers, where the exported model is, what to try next."""
     say = lambda text="": print(text, file=file or sys.stdout)  # noqa: E731
     say(f"\nfinished in {summary['seconds']:.0f} s; everything is under {summary['run_dir']}")
-    for label, key in (("validated data", "manifest"), ("trained model", "model"), ("exported model", "exported")):
-        if summary[key]:
+    for label, key in (("validated data", "manifest"), ("aligned faces", "aligned"), ("trained model", "model"),
+                       ("exported model", "exported")):
+        if summary.get(key):
             say(f"  {label + ':':16} {summary[key]}")
     if summary.get("log"):
         say(f"  {'step logs:':16} {summary['log']}")

@@ -15,7 +15,8 @@ def export_model(model: Input[Model], evaluation: Input[Metrics], manifest: Inpu
     Args:
         model: the train step's model folder.
         evaluation: the evaluate step's Metrics artifact; its summary goes into the model card.
-        manifest: the validate step's manifest; its validation faces are what each export is checked on.
+        manifest: the align step's manifest; its validation faces (aligned crops unless align=none) are what
+            each export is checked on.
         formats: comma-separated, any of saved_model, keras, tflite, onnx.
         quantize: none, float16 or dynamic (adds a quantized TFLite file).
         exported: the exported model folder (formats, model card).

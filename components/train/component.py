@@ -13,7 +13,7 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
 
     Args:
         config: the validated TrainConfig from the validate step (its save_path is replaced by the artifact).
-        manifest: the validate step's folder artifact (arcface.contracts.ManifestDir).
+        manifest: the align step's folder artifact (arcface.contracts.AlignedDir, read as a ManifestDir).
         model: the model folder (arcface.contracts.ModelDir): training_model.keras, embedding_model.keras, best/,
             checkpoints/, logs/, config.yaml, metadata.json.
         metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy.

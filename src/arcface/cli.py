@@ -12,6 +12,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+ALIGN_CHOICES = ("auto", "mtcnn", "none")  # arcface.embedding.ALIGN_CHOICES (not imported: it needs numpy)
+ALIGN_HELP = ("auto (default): align photos as the model was trained (its card or metadata says); mtcnn: "
+              "detect and align every photo; none: use the whole image")
+
 
 def _train(args) -> int:
     from arcface import config as cfg
@@ -37,9 +41,18 @@ def _evaluate(args) -> int:
     from arcface.evaluation.evaluate import evaluate
 
     metrics = evaluate(args.model, args.manifest, output_dir=args.output_dir, pairs_file=args.pairs,
-                       pairs_root=args.pairs_root, flip_tta=not args.no_flip, on_missing=args.on_missing)
+                       pairs_root=args.pairs_root, flip_tta=not args.no_flip, on_missing=args.on_missing,
+                       align=args.align)
     print(json.dumps(metrics["summary"], indent=2))
     print(f"metrics.json and report.html written to {args.output_dir}")
+    return 0
+
+
+def _align(args) -> int:
+    from arcface.data.align import run_alignment
+
+    run_alignment(args.manifest, args.output_dir, method=args.align, image_size=args.image_size,
+                  cache_dir=args.cache, strict=args.strict, n_classes=args.n_classes)
     return 0
 
 
@@ -55,19 +68,19 @@ def _export(args) -> int:
 def _embed(args) -> int:
     from arcface.embedding import embed_command
 
-    return embed_command(args.model, args.images, args.output, args.format)
+    return embed_command(args.model, args.images, args.output, args.format, args.align)
 
 
 def _compare(args) -> int:
     from arcface.embedding import compare_command
 
-    return compare_command(args.model, args.image_a, args.image_b, args.threshold)
+    return compare_command(args.model, args.image_a, args.image_b, args.threshold, args.align)
 
 
 def _search(args) -> int:
     from arcface.embedding import search_command
 
-    return search_command(args.model, args.gallery, args.probe, args.top_k)
+    return search_command(args.model, args.gallery, args.probe, args.top_k, args.align)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on any problem instead of excluding the files")
     p.set_defaults(run=_validate)
 
+    p = sub.add_parser("align", help="find each face and warp it onto the ArcFace 5-point template")
+    p.add_argument("--manifest", required=True, help="the output folder of `arcface validate` (or its manifest)")
+    p.add_argument("--output_dir", required=True, help="where the crops, manifest.json and the report go")
+    p.add_argument("--align", choices=("mtcnn", "none"), default="mtcnn")
+    p.add_argument("--image_size", type=int, default=112, help="side of the crops (the model's image_size)")
+    p.add_argument("--cache", help="an earlier align output or cache folder: unchanged images are reused")
+    p.add_argument("--n_classes", type=int, default=None)
+    p.add_argument("--strict", action="store_true", help="fail when any image is excluded")
+    p.set_defaults(run=_align)
+
     p = sub.add_parser("evaluate", help="closed-set accuracy and face verification of a trained model")
     p.add_argument("--model", required=True, help="a training run's save_path")
     p.add_argument("--manifest", required=True)
@@ -100,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs_root", help="image root of the pairs file (default: its folder)")
     p.add_argument("--no_flip", action="store_true", help="no horizontal-flip test-time augmentation")
     p.add_argument("--on_missing", choices=("error", "skip"), default="error")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP + " (pairs files)")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("export", help="SavedModel, .keras, TFLite and ONNX, each checked for parity")
@@ -115,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--format", choices=("npy", "csv", "jsonl"), default=None, help="default: from --output's suffix")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
     p.set_defaults(run=_embed)
 
     p = sub.add_parser("compare", help="similarity of two faces, and same/different at the evaluated threshold")
@@ -122,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_a")
     p.add_argument("image_b")
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
     p.set_defaults(run=_compare)
 
     p = sub.add_parser("search", help="rank gallery identities for a probe face")
@@ -129,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", required=True, help="folder of <identity>/ image folders")
     p.add_argument("probe")
     p.add_argument("--top_k", type=int, default=5)
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
     p.set_defaults(run=_search)
     return parser
 

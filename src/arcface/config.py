@@ -19,6 +19,7 @@ BACKBONES = ("ResNet50", "ResNet100", "VGG16", "ResNet18", "ResNet34", "MobileFa
 OPTIMIZERS = ("SGD", "Adam")
 MARGINS = ("arcface", "cosface", "sphereface", "combined", "softmax")
 SCHEDULES = ("cosine", "step", "poly", "constant")
+ALIGN_METHODS = ("mtcnn", "none")  # arcface.data.align.METHODS (not imported: it needs numpy)
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,11 @@ class TrainConfig:
     sample_rate: float = _field(1.0, "Partial-FC: fraction of class centres used per step (1.0 = full softmax)")
     pretrained: bool = _field(False, "VGG16 only: start from ImageNet weights (needs network access)")
     # --- data ----------------------------------------------------------------------------------------
+    align: str = _field("mtcnn", "face alignment before training and at every entrance: mtcnn (detect the face "
+                                 "and warp it onto the ArcFace 5-point template; for photos) or none (the images "
+                                 "are already face crops)", choices=ALIGN_METHODS)
+    align_cache: str = _field("", "folder of earlier aligned crops (an align output or a cache folder, updated "
+                                  "with the new crops): unchanged images are not aligned again (empty: none)")
     center_crop: float = _field(1.0, "fraction of the image side kept around the centre before resizing")
     augment: bool = _field(True, "random flip and light colour/crop jitter on training images")
     min_images: int = _field(1, "identities with fewer training images are reported (and excluded)")

@@ -5,6 +5,7 @@ by ``arcface compare`` and by ``pipeline.py``; each of them goes through the cla
 files itself, so the layout is defined once::
 
     ManifestDir    validate:  manifest.json, report.json, report.md
+    AlignedDir     align:     manifest.json (rows = the crops), alignment.json, report.json, report.md, crops/
     ModelDir       train:     config.yaml, metadata.json, the two .keras models, best/, checkpoints/, logs/
     EvaluationDir  evaluate:  metrics.json (its "summary" is an EvaluationSummary), report.html
     ExportDir      export:    model_card.json/.md, saved_model/, model.keras, model*.tflite, model.onnx
@@ -28,6 +29,7 @@ from arcface import atomic
 
 if TYPE_CHECKING:
     from arcface.artifacts import TrainedModel
+    from arcface.data.align import AlignResult
     from arcface.data.manifest import Manifest
     from arcface.data.validate import ValidationResult
 
@@ -122,6 +124,88 @@ class ManifestDir:
     @classmethod
     def report_markdown_file(cls, folder: str | os.PathLike) -> str:
         return os.path.join(folder, cls.REPORT_MD_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# align
+# ---------------------------------------------------------------------------------------------------
+class AlignedDir(ManifestDir):
+    """The align step's Dataset artifact: a manifest read exactly like the validate step's (``ManifestDir.read``
+    works on it), whose rows are the face crops in crops/, plus alignment.json: the settings and, per source
+    sha256, the source path, the crop, the box, the 5 points, the score and the findings.
+
+    With ``--align none`` the folder holds the validate step's files unchanged (no crops, no alignment.json).
+    A folder holding alignment.json and crops/ is also what a re-run takes as its cache.
+    """
+
+    RECORDS_FILE = "alignment.json"
+    CROPS_DIR = "crops"
+    RECORDS_SCHEMA_VERSION = 1
+    PRODUCER = "the align step (`arcface align`)"
+
+    @classmethod
+    def crops_dir(cls, folder: str | os.PathLike) -> str:
+        return os.path.join(os.path.abspath(folder), cls.CROPS_DIR)
+
+    @classmethod
+    def has_records(cls, folder: str | os.PathLike) -> bool:
+        return os.path.isfile(os.path.join(folder, cls.RECORDS_FILE))
+
+    @classmethod
+    def read_records(cls, folder: str | os.PathLike) -> dict[str, Any]:
+        return _read_versioned(_in_folder(folder, cls.RECORDS_FILE), cls.RECORDS_SCHEMA_VERSION, cls.PRODUCER)
+
+    @classmethod
+    def write(cls, folder: str | os.PathLike, result: AlignResult) -> dict[str, str]:  # type: ignore[override]
+        """The aligned manifest (its roots relative: crops/ beside it), alignment.json and the report."""
+        import dataclasses as _dc
+
+        from arcface.data.validate import render_markdown
+
+        os.makedirs(folder, exist_ok=True)
+        paths = {name: os.path.join(folder, name) for name in (cls.MANIFEST_FILE, cls.RECORDS_FILE,
+                                                                 cls.REPORT_FILE, cls.REPORT_MD_FILE)}
+        relative = _dc.replace(result.manifest, roots={split: cls.CROPS_DIR for split in result.manifest.roots})
+        relative.write(paths[cls.MANIFEST_FILE])
+        _write_versioned(paths[cls.RECORDS_FILE], cls.RECORDS_SCHEMA_VERSION, result.records)
+        _write_versioned(paths[cls.REPORT_FILE], cls.REPORT_SCHEMA_VERSION, result.report)
+        atomic.write_text(paths[cls.REPORT_MD_FILE], render_markdown(result.report, title="Face alignment"))
+        return paths
+
+    @classmethod
+    def update_cache(cls, cache: str | os.PathLike, folder: str | os.PathLike, records: dict[str, Any]) -> None:
+        """Add the crops and records of ``folder`` (this run's output) to the cache folder ``cache``."""
+        import shutil
+
+        earlier = cls.read_records(cache) if cls.has_records(cache) else {}
+        # Crops made under other settings would never be reused again: they are dropped from the records.
+        kept = earlier.get("images", {}) if earlier.get("settings") == records["settings"] else {}
+        for sha, record in records["images"].items():
+            if record.get("crop") and sha not in kept:
+                target = os.path.join(cls.crops_dir(cache), record["crop"])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(os.path.join(cls.crops_dir(folder), record["crop"]), target)
+        _write_versioned(os.path.join(cache, cls.RECORDS_FILE), cls.RECORDS_SCHEMA_VERSION,
+                         {"settings": records["settings"], "images": {**kept, **records["images"]}})
+
+    @classmethod
+    def pass_through(cls, manifest_dir: str | os.PathLike, folder: str | os.PathLike) -> Manifest:
+        """``--align none``: the validate step's manifest and report, unchanged, as this step's output."""
+        import shutil
+
+        manifest = ManifestDir.read(manifest_dir)
+        os.makedirs(folder, exist_ok=True)
+        manifest.write(os.path.join(folder, cls.MANIFEST_FILE))  # absolute roots: the data where it is
+        for name in (cls.REPORT_FILE, cls.REPORT_MD_FILE):
+            source = os.path.join(manifest_dir, name)
+            if os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(folder, name))
+        return manifest
+
+    @staticmethod
+    def alignment_of(manifest: Manifest) -> dict[str, Any]:
+        """What a model trained on ``manifest`` expects: {'method': 'none'} or the alignment settings."""
+        return dict(manifest.alignment) if manifest.alignment else {"method": "none"}
 
 
 # ---------------------------------------------------------------------------------------------------

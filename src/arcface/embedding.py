@@ -4,6 +4,8 @@
 or ``saved_model/`` inside), and returns an :class:`Embedder`. Images become model inputs through
 :func:`arcface.data.preprocess.model_input`, the function training, evaluation and the SavedModel's serving
 signature use (EXIF orientation included), so an embedding here is the embedding the pipeline evaluated.
+A model trained on aligned crops (its metadata or model card records the alignment) gets each photo aligned
+the same way first (:func:`arcface.data.align.align_file_bytes`); ``align`` overrides what the model says.
 """
 
 from __future__ import annotations
@@ -44,9 +46,17 @@ class Embedder:
     threshold: float | None = None
     threshold_flip_tta: bool = False
     source: str = ""
+    align: str = "none"  # 'mtcnn': photos are aligned onto the template before model_input, as in training
 
     def load_images(self, paths: Sequence[str]) -> np.ndarray:
-        return np.stack([load_image(p, self.image_size, self.center_crop) for p in paths])
+        if self.align == "none":
+            return np.stack([load_image(p, self.image_size, self.center_crop) for p in paths])
+        from arcface.data.align import aligned_model_inputs
+
+        contents = [read_image_bytes(p) for p in paths]
+        for path, data in zip(paths, contents, strict=True):
+            decode_input(data, path, 32)  # an unreadable file is named as such before detection
+        return aligned_model_inputs(contents, paths, self.image_size, self.center_crop, error=EmbeddingError)[0]
 
     def embed(self, paths: Sequence[str], batch_size: int = 32, flip_tta: bool = False) -> np.ndarray:
         """Unit-length embeddings [N, D] float32 of image files, in the order given."""
@@ -69,17 +79,24 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def read_image_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise EmbeddingError(f"image {path} cannot be read ({e.strerror}); check the path") from None
+
+
 def load_image(path: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
     """One image file -> normalized float32 [S, S, 3] (``model_input``); an unreadable file is an error naming it."""
+    return decode_input(read_image_bytes(path), path, image_size, center_crop)
+
+
+def decode_input(contents: bytes, path: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
     import tensorflow as tf
 
     from arcface.data.preprocess import model_input
 
-    try:
-        with open(path, "rb") as f:
-            contents = f.read()
-    except OSError as e:
-        raise EmbeddingError(f"image {path} cannot be read ({e.strerror}); check the path") from None
     try:
         return model_input(tf.constant(contents), image_size, center_crop).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
@@ -127,6 +144,13 @@ def _saved_model_forward(path: str) -> tuple[Callable[[np.ndarray], np.ndarray],
     return (lambda batch: signature(image=tf.constant(batch))[OUTPUT_KEY].numpy()), image_size
 
 
+def _alignment_from(folder: str) -> str:
+    """The alignment the model in ``folder`` was trained with: its model card's, else its training metadata's;
+    'none' for a model that records none (trained before alignment existed, or on pre-aligned crops)."""
+    recorded = _card(folder).get("alignment") or ModelDir.read_metadata(folder).get("alignment") or {}
+    return str(recorded.get("method", "none"))
+
+
 def _from_keras_file(path: str, folder: str) -> Embedder:
     """A .keras file; a model card or metadata next to it (an export or run folder) supplies crop and threshold."""
     model = artifacts.load_keras(path)
@@ -134,15 +158,28 @@ def _from_keras_file(path: str, folder: str) -> Embedder:
     metadata = ModelDir.read_metadata(folder)
     crop = (card.get("input") or {}).get("center_crop", metadata.get("center_crop", 1.0))
     threshold, flip = _threshold_from(folder)
-    return Embedder(_keras_forward(model), int(model.input_shape[1]), float(crop), threshold, flip, path)
+    return Embedder(_keras_forward(model), int(model.input_shape[1]), float(crop), threshold, flip, path,
+                    _alignment_from(folder))
 
 
-def load_embedder(path: str | os.PathLike) -> Embedder:
+ALIGN_CHOICES = ("auto", "mtcnn", "none")
+
+
+def load_embedder(path: str | os.PathLike, align: str | None = None) -> Embedder:
     """An :class:`Embedder` from a training run's folder, a ``.keras`` file or an export folder.
 
+    ``align`` (mtcnn | none) overrides the alignment the model records; None or 'auto' follows it.
     Every ``.keras`` file is loaded in safe mode: one that carries code (a Lambda layer) is refused.
     """
-    path = str(path)
+    if align not in (None, *ALIGN_CHOICES):
+        raise EmbeddingError(f"--align={align!r} is unknown; choose one of: {', '.join(ALIGN_CHOICES)}")
+    embedder = _load_embedder(str(path))
+    if align not in (None, "auto"):
+        embedder.align = align
+    return embedder
+
+
+def _load_embedder(path: str) -> Embedder:
     if os.path.isfile(path):
         if not path.endswith(".keras"):
             raise EmbeddingError(f"{path} is not a .keras model file; pass a .keras file, a training run's "
@@ -155,7 +192,8 @@ def load_embedder(path: str | os.PathLike) -> Embedder:
         trained = artifacts.load_model_dir(path)
         crop = float(trained.metadata.get("center_crop", trained.config.center_crop))
         threshold, flip = _threshold_from(path)
-        return Embedder(_keras_forward(trained.embedding_model), trained.image_size, crop, threshold, flip, path)
+        return Embedder(_keras_forward(trained.embedding_model), trained.image_size, crop, threshold, flip, path,
+                        _alignment_from(path))
     if os.path.isfile(os.path.join(path, ExportDir.KERAS_FILE)):  # an export: the .keras file loads fastest
         return _from_keras_file(os.path.join(path, ExportDir.KERAS_FILE), path)
     saved_model = next((p for p in (os.path.join(path, ExportDir.SAVED_MODEL_DIR), path)
@@ -168,7 +206,7 @@ def load_embedder(path: str | os.PathLike) -> Embedder:
     forward, image_size = _saved_model_forward(saved_model)
     crop = float((_card(folder).get("input") or {}).get("center_crop", 1.0))
     threshold, flip = _threshold_from(folder)
-    return Embedder(forward, image_size, crop, threshold, flip, saved_model)
+    return Embedder(forward, image_size, crop, threshold, flip, saved_model, _alignment_from(folder))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -218,10 +256,11 @@ def write_embeddings(output: str, paths: Sequence[str], embeddings: np.ndarray, 
                     f.write(json.dumps({"path": path, "embedding": [float(v) for v in row]}) + "\n")
 
 
-def embed_command(model: str, images: Sequence[str], output: str, fmt: str | None = None) -> int:
+def embed_command(model: str, images: Sequence[str], output: str, fmt: str | None = None,
+                  align: str | None = None) -> int:
     fmt = _output_format(output, fmt)
     paths = expand_images(images)
-    embedder = load_embedder(model)
+    embedder = load_embedder(model, align)
     embeddings = embedder.embed(paths)
     write_embeddings(output, paths, embeddings, fmt)
     order = " (rows in the order of the paths given, folders expanded sorted)" if fmt == "npy" else ""
@@ -229,8 +268,8 @@ def embed_command(model: str, images: Sequence[str], output: str, fmt: str | Non
     return 0
 
 
-def compare_command(model: str, a: str, b: str, threshold: float | None = None) -> int:
-    embedder = load_embedder(model)
+def compare_command(model: str, a: str, b: str, threshold: float | None = None, align: str | None = None) -> int:
+    embedder = load_embedder(model, align)
     # The evaluated threshold holds for embeddings computed the way the evaluation computed them.
     flip = embedder.threshold_flip_tta if threshold is None else False
     ea, eb = embedder.embed([a, b], flip_tta=flip)
@@ -274,10 +313,10 @@ def identity_centres(embedder: Embedder, identities: dict[str, list[str]], flip_
     return l2_normalize(np.stack(centres))
 
 
-def search_command(model: str, gallery_dir: str, probe: str, top_k: int = 5) -> int:
+def search_command(model: str, gallery_dir: str, probe: str, top_k: int = 5, align: str | None = None) -> int:
     if top_k < 1:
         raise EmbeddingError(f"--top_k={top_k} must be >= 1")
-    embedder = load_embedder(model)
+    embedder = load_embedder(model, align)
     identities = gallery_identities(gallery_dir)
     flip = embedder.threshold_flip_tta
     centres = identity_centres(embedder, identities, flip_tta=flip)

@@ -368,6 +368,17 @@ def _parity_cells(parity: dict[str, Any] | None) -> str:
     return f"{parity['check']} | {shown} | {parity['limit']} |"
 
 
+def input_contract(alignment: dict[str, Any], image_size: int) -> str:
+    """What every signature expects, in words: an aligned crop, or any photo of a face."""
+    if alignment.get("method", "none") == "none":
+        return ("raw image: the model was trained on whole images (centre-cropped and resized), so feed face "
+                "images framed as the training images were")
+    return (f"aligned face crop: the model was trained on {alignment.get('method')} face crops warped onto the "
+            f"ArcFace 5-point template at {alignment.get('image_size', image_size)}x"
+            f"{alignment.get('image_size', image_size)}; the signatures do not detect faces, so align photos "
+            "first (arcface embed/compare/search do, as does arcface.data.align.aligned_model_inputs)")
+
+
 def render_card_markdown(card: dict[str, Any]) -> str:
     evaluation = card["evaluation"]
     lines = [f"# Model card: ArcFace {card['config'].get('backbone', '')} face embedding", "",
@@ -378,6 +389,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
              f"(x - {card['input']['normalization']['mean']}) * {card['input']['normalization']['scale']}. "
              f"Output: a unit-length {card['embedding_size']}-d embedding; the dot product of two is their "
              "cosine similarity.", "",
+             f"Input contract: {card['input'].get('contract', 'raw image')}.", "",
              f"- SavedModel `{SERVING_SIGNATURE}`: `images` (tf.string [N], encoded JPEG/PNG/GIF/BMP/PGM) -> "
              f"`{OUTPUT_KEY}`; decoding and preprocessing are inside the graph.",
              f"- SavedModel `{TENSOR_SIGNATURE}`, TFLite, ONNX, .keras: normalized float32 [N, S, S, 3] -> "
@@ -569,6 +581,7 @@ def _model_card(trained, model_dir: str, formats: Sequence[str], quantize: str, 
     else:
         check_images["files"] = [os.path.basename(n) for n in check_names]
     metadata = trained.metadata
+    alignment = metadata.get("alignment") or {"method": "none"}
     return {
         "name": f"arcface-{trained.config.backbone}-{trained.config.embedding_size}d",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -577,7 +590,11 @@ def _model_card(trained, model_dir: str, formats: Sequence[str], quantize: str, 
         "source": {"model_dir": os.path.abspath(model_dir), "manifest_sha256": metadata.get("manifest_sha256"),
                    "class_names": len(metadata.get("class_names", [])), "epochs": metadata.get("epochs_completed")},
         "config": trained.config.to_dict(),
+        # The alignment the model was trained with: `arcface embed/compare/search` and the evaluation of a
+        # pairs file follow it; the serving graph does not detect faces, so its input contract says so.
+        "alignment": alignment,
         "input": {"image_size": image_size, "channels": 3, "center_crop": center_crop,
+                  "contract": input_contract(alignment, image_size),
                   "normalization": dict(metadata.get("normalization", artifacts.NORMALIZATION)),
                   "signatures": {SERVING_SIGNATURE: "images: tf.string [N] encoded image files",
                                  TENSOR_SIGNATURE: f"image: float32 [N, {image_size}, {image_size}, 3] normalized"},

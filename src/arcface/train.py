@@ -415,6 +415,8 @@ class Trainer:
             "image_size": self.config.image_size, "embedding_size": self.config.embedding_size,
             "normalization": artifacts.NORMALIZATION, "center_crop": self.config.center_crop,
             "backbone": self.config.backbone, "margin": self.config.margin,
+            # what the model was trained on (from the manifest, not the config): every entrance aligns the same way
+            "alignment": self.manifest.alignment or {"method": "none"},
             "replicas": self.replicas, "global_batch_size": self.config.batch_size, **extra}
 
     def save_models(self, folder: str) -> None:
@@ -609,7 +611,8 @@ class Trainer:
 
 
 def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=make_dataset) -> TrainResult:
-    """Train from a config; without a manifest the data folders are validated first (as the original did)."""
+    """Train from a config; without a manifest the data folders are validated first (as the original did), then
+    aligned when ``config.align`` says so."""
     from arcface import data
 
     config = config.validate()
@@ -619,6 +622,17 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=
                                      os.path.join(os.path.abspath(config.save_path), "data"),
                                      n_classes=config.n_classes, min_images=config.min_images, strict=config.strict)
         manifest = result.manifest
+        if config.align != "none":  # as the pipeline's align step does, so `arcface train` trains on the same crops
+            from arcface.data.align import run_alignment
+
+            manifest = run_alignment(os.path.join(os.path.abspath(config.save_path), "data"),
+                                     os.path.join(os.path.abspath(config.save_path), "aligned"), method=config.align,
+                                     image_size=config.image_size, cache_dir=config.align_cache or None,
+                                     strict=config.strict, n_classes=config.n_classes)
     elif isinstance(manifest, str | os.PathLike):
         manifest = data.Manifest.read(manifest)
+    if config.align != "none" and manifest.alignment is None:
+        log.warning("align=%s but the manifest holds the images as they are (not aligned crops): the model is "
+                    "trained, and recorded, as align=none; run `arcface align` on the manifest first to train on "
+                    "aligned faces, or pass --align none to say so", config.align)
     return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset).fit()

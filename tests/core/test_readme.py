@@ -17,6 +17,7 @@ def test_ci_runs_both_commands_read_from_the_readme():
     # Read, not copied: a README edit changes what CI runs.
     assert "$(python3 -m tests.readme main)" in ci and "$(python3 -m tests.readme tests)" in ci
     assert 'python3 -m venv "$newcomer/venv"' in ci and "git clone" in ci
+    assert 'python3 -m venv "$newcomer/test-venv"' in ci  # the test command gets a brand-new venv too
     # The newcomer's command runs before anything installs the test extra.
     assert ci.index("tests.readme main") < ci.index("tests.readme tests")
     assert "pip install" not in ci.split("tests.readme main")[0]

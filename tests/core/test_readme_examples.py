@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,6 @@ import pytest
 import yaml
 
 from tests import readme
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 #: Where the README's examples write; the test points it at a temporary folder.
@@ -42,13 +40,7 @@ def newcomer(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     clone, venv = os.environ.get("ARCFACE_NEWCOMER_CLONE"), os.environ.get("ARCFACE_NEWCOMER_VENV")
     if clone and venv:
         return Path(clone), _environment(Path(venv) / "bin")
-    checkout = tmp_path_factory.mktemp("checkout")
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, checkout / name)
+    checkout = readme.copy_checkout(tmp_path_factory.mktemp("checkout"))
     env = _environment(Path(sys.executable).parent)
     run_command = readme.setup_commands()[0].split("&&")[-1].strip()  # the install half is this environment
     subprocess.run(run_command, shell=True, cwd=checkout, env=env, check=True, timeout=1800)

@@ -147,7 +147,8 @@ def test_submit_uploads_the_pipeline_once_and_runs_a_version_of_it(server, capsy
     assert spec["pipelineInfo"]["name"] == pipeline.PIPELINE_NAME
     assert set(spec_tasks(spec)) == {"exit-handler-1", "report-run-end"}
     steps = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert set(steps) == {"validate-data", "train-model", "evaluate-model", "quality-gate", "condition-2"}
+    assert set(steps) == {"validate-data", "align-faces", "train-model", "evaluate-model", "quality-gate",
+                          "condition-2"}
     # The compiled caching settings reach the server untouched (submit never passes enable_caching).
     assert steps["train-model"]["cachingOptions"] == {}
     train = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]

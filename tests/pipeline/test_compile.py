@@ -21,7 +21,7 @@ from arcface import images
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "arcface_pipeline.yaml"
 KFP_TYPES = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING", bool: "BOOLEAN"}
-STEPS = {"validate-data": "validate", "train-model": "train", "evaluate-model": "evaluate",
+STEPS = {"validate-data": "validate", "align-faces": "align", "train-model": "train", "evaluate-model": "evaluate",
          "quality-gate": "gate", "export-model": "export", "promote-model": "promote",
          "report-run-end": "notify"}
 
@@ -66,8 +66,9 @@ def test_dag_edges(spec):
     root = steps_dag(spec)
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
     assert deps["validate-data"] == set()
-    assert deps["train-model"] == {"validate-data"}
-    assert deps["evaluate-model"] == {"train-model", "validate-data"}
+    assert deps["align-faces"] == {"validate-data"}
+    assert deps["train-model"] == {"validate-data", "align-faces"}  # the config from validate, crops from align
+    assert deps["evaluate-model"] == {"train-model", "align-faces"}
     assert deps["quality-gate"] == {"evaluate-model"}
     condition = root["condition-2"]
     assert "quality-gate" in condition["dependentTasks"]
@@ -121,6 +122,7 @@ def test_validate_step_receives_every_field(spec):
 def test_images_come_from_arcface_images(spec):
     executors = spec["deploymentSpec"]["executors"]
     expected = {"exec-validate-data": images.validate_image(), "exec-quality-gate": images.validate_image(),
+                "exec-align-faces": images.cpu_image(),  # TensorFlow and mtcnn
                 "exec-train-model": images.cpu_image(), "exec-evaluate-model": images.cpu_image(),
                 "exec-export-model": images.cpu_image(), "exec-promote-model": images.validate_image(),
                 "exec-report-run-end": images.validate_image()}
@@ -181,8 +183,8 @@ def test_gpu_node_selector_toleration_and_pvc(tmp_path):
     assert k8s["exec-train-model"]["nodeSelector"] == {"labels": {"pool": "gpu"}}
     assert k8s["exec-train-model"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
                                                        "operator": "Exists"}]
-    for executor in ("exec-validate-data", "exec-train-model", "exec-evaluate-model", "exec-quality-gate",
-                     "exec-export-model", "exec-promote-model", "exec-report-run-end"):
+    for executor in ("exec-validate-data", "exec-align-faces", "exec-train-model", "exec-evaluate-model",
+                     "exec-quality-gate", "exec-export-model", "exec-promote-model", "exec-report-run-end"):
         mounts = k8s[executor]["pvcMount"]
         assert [(m["mountPath"], m["pvcNameParameter"]["runtimeValue"]["constant"]) for m in mounts] == \
             [("/mnt/faces", "faces")], executor

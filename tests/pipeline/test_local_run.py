@@ -94,7 +94,7 @@ def test_gate_passes_and_exports(few_faces, tmp_path):
     outputs = json.loads((Path(summary["run_dir"]) / "export-model" / "executor_output.json").read_text())
     assert outputs["artifacts"]["exported"]["artifacts"][0]["metadata"]["embedding_size"] == 64
     assert card["evaluation"]["verification_accuracy"] == summary["metrics"]["verification_accuracy"]
-    assert card["image_size"] == 48
+    assert card["input"]["image_size"] == 48
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -11,7 +11,12 @@ saw. The file is JSON, one object::
                "width": 92, "height": 112, "sha256": "...", "orientation": 1}, ...]}
 
 ``path`` is relative to the root of its split with ``/`` separators, so a manifest stays valid when the same
-tree is mounted elsewhere (only ``roots`` changes, and ``roots`` is not part of the content hash).
+tree is mounted elsewhere (only ``roots`` changes, and ``roots`` is not part of the content hash). A relative
+root is relative to the manifest file's folder (the align step's crops live beside its manifest).
+
+The align step's manifest also carries ``"alignment"`` ({method, detector, template, image_size}): its rows
+are face crops on the ArcFace template, and a model trained on them records it (see
+:mod:`arcface.data.align`). A manifest without the key holds the images as they are.
 """
 
 from __future__ import annotations
@@ -64,11 +69,15 @@ class Manifest:
     roots: dict[str, str]
     class_names: list[str]
     version: int = MANIFEST_VERSION
+    alignment: dict[str, Any] | None = None  # None: the images as they are (not aligned crops)
 
     # --- reading and writing ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "roots": dict(self.roots), "class_names": list(self.class_names),
-                "rows": [r.to_dict() for r in self.rows]}
+        d = {"version": self.version, "roots": dict(self.roots), "class_names": list(self.class_names),
+             "rows": [r.to_dict() for r in self.rows]}
+        if self.alignment is not None:
+            d["alignment"] = dict(self.alignment)
+        return d
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "manifest") -> Manifest:
@@ -78,9 +87,11 @@ class Manifest:
         from arcface.contracts import check_version
 
         check_version(data, MANIFEST_VERSION, source, "the validate step (`arcface validate`)", key="version")
+        alignment = data.get("alignment")
         return cls(rows=[ManifestRow.from_dict(r) for r in data["rows"]],
                    roots={str(k): str(v) for k, v in data["roots"].items()},
-                   class_names=[str(c) for c in data["class_names"]])
+                   class_names=[str(c) for c in data["class_names"]],
+                   alignment=dict(alignment) if isinstance(alignment, dict) else None)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Manifest:
@@ -93,7 +104,10 @@ class Manifest:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"manifest {path} is not valid JSON ({e}); regenerate it with `arcface validate`") \
                 from None
-        return cls.from_dict(data, source=str(path))
+        manifest = cls.from_dict(data, source=str(path))
+        folder = os.path.dirname(os.path.abspath(path))
+        manifest.roots = {split: os.path.normpath(os.path.join(folder, root)) for split, root in manifest.roots.items()}
+        return manifest
 
     def write(self, path: str | os.PathLike) -> None:
         """Write through a temporary file and a rename, so a reader never sees half a manifest."""
@@ -101,7 +115,8 @@ class Manifest:
 
         with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             # One row per line: readable, and a diff of two manifests shows the files that changed.
-            f.write(f'{{"version": {self.version},\n "roots": {json.dumps(self.roots, sort_keys=True)},\n '
+            alignment = f' "alignment": {json.dumps(self.alignment, sort_keys=True)},\n' if self.alignment else ""
+            f.write(f'{{"version": {self.version},\n "roots": {json.dumps(self.roots, sort_keys=True)},\n{alignment} '
                     f'"class_names": {json.dumps(self.class_names)},\n "rows": [\n')
             f.write(",\n".join("  " + json.dumps(r.to_dict(), ensure_ascii=False) for r in self.rows))
             f.write("\n ]}\n")
@@ -110,10 +125,11 @@ class Manifest:
     @property
     def sha256(self) -> str:
         """Hash of what a model learns from: class names and rows (not the roots, which vary by mount)."""
-        canonical = json.dumps({"version": self.version, "class_names": self.class_names,
-                                "rows": sorted((r.to_dict() for r in self.rows),
-                                               key=lambda d: (d["split"], d["path"]))},
-                               sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        content = {"version": self.version, "class_names": self.class_names,
+                   "rows": sorted((r.to_dict() for r in self.rows), key=lambda d: (d["split"], d["path"]))}
+        if self.alignment is not None:  # aligned crops are other data; unaligned manifests keep their hash
+            content["alignment"] = self.alignment
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
     # --- views --------------------------------------------------------------------------------------------

@@ -593,9 +593,9 @@ def _report(manifest: Manifest, walks: dict[str, _Walk], findings: list[Finding]
     }
 
 
-def render_markdown(report: dict[str, Any], max_per_code: int = 20) -> str:
+def render_markdown(report: dict[str, Any], max_per_code: int = 20, title: str = "Dataset validation") -> str:
     """The report as Markdown: a summary table, then the findings grouped by code, each with its fix."""
-    lines = ["# Dataset validation", ""]
+    lines = [f"# {title}", ""]
     n_err = report["findings_by_severity"]["error"]
     lines.append("**Clean**: no file had to be excluded." if report["ok"] else
                   f"**{n_err} problem(s) found**; the files concerned were excluded (run with --strict to fail "
@@ -616,7 +616,7 @@ def render_markdown(report: dict[str, Any], max_per_code: int = 20) -> str:
         for code in codes:
             first = by_code[code][0]
             lines.append(f"| `{code}` | {first['severity']} | {first['action']} | {len(by_code[code])} | "
-                         f"{CODES[code][2]} |")
+                         f"{_fix(code)} |")
         for code in codes:
             items = by_code[code]
             lines += ["", f"### `{code}` ({len(items)})", ""]
@@ -624,6 +624,15 @@ def render_markdown(report: dict[str, Any], max_per_code: int = 20) -> str:
             if len(items) > max_per_code:
                 lines.append(f"- ... and {len(items) - max_per_code} more (see report.json)")
     return "\n".join(lines) + "\n"
+
+
+def _fix(code: str) -> str:
+    """How to fix a finding of validation or of alignment (the align step's report is rendered here too)."""
+    if code in CODES:
+        return CODES[code][2]
+    from arcface.data.align import CODES as ALIGN_CODES
+
+    return ALIGN_CODES[code][2]
 
 
 def _log_findings(findings: Iterable[dict[str, str]], per_code: int = 10) -> None:

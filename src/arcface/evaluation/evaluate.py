@@ -196,6 +196,15 @@ def _load(model, manifest):
     return trained, manifest
 
 
+def _alignment_method(trained, align: str | None) -> str:
+    """'mtcnn' or 'none': ``align`` when given, else what the model's metadata records (none when absent)."""
+    if align not in (None, "auto"):
+        if align not in ("mtcnn", "none"):
+            raise EvaluationError(f"align={align!r} is unknown; choose auto, mtcnn or none")
+        return align
+    return str((trained.metadata.get("alignment") or {}).get("method", "none"))
+
+
 def _head_classes(training_model) -> int | None:
     try:
         return int(training_model.get_layer("head").n_classes)
@@ -389,6 +398,17 @@ def _pair_scores(embeddings: np.ndarray, paths: Sequence[str], pairs: PairList) 
     return np.sum(a * b, axis=1).astype(np.float64)
 
 
+def _aligned_inputs(paths: Sequence[str], side: int, crop: float) -> tuple[np.ndarray, dict[str, str]]:
+    """The model inputs of raw photos aligned as training crops are; a face not found is fed whole (and listed)."""
+    from arcface.data.align import aligned_model_inputs
+
+    contents = []
+    for path in paths:
+        with open(path, "rb") as f:
+            contents.append(f.read())
+    return aligned_model_inputs(contents, paths, side, crop, whole_image_fallback=True, error=EvaluationError)
+
+
 def _champion(champion: str | os.PathLike, pairs: PairList, manifest, pairs_file, paths: Sequence[str],
               batch_size: int, flip_tta: bool) -> dict[str, Any]:
     """The champion (an export folder: model.keras and its card) scored on the same pairs and images, the
@@ -403,14 +423,22 @@ def _champion(champion: str | os.PathLike, pairs: PairList, manifest, pairs_file
                               "run's pairs. Promote models exported with 'keras' in export_formats, or roll back "
                               "to a version that has one")
     model = artifacts.load_keras(keras_file)
-    card_input = ExportDir.read_card(folder).get("input") or {}
+    card = ExportDir.read_card(folder)
+    card_input = card.get("input") or {}
     side = int(card_input.get("image_size") or _model_size(model)[0])
     crop = float(card_input.get("center_crop", 1.0))
-    images = list(paths) if pairs_file else validation_dataset(manifest, side, crop, batch_size)
+    not_aligned: dict[str, str] = {}
+    if not pairs_file:  # this run's validation faces (aligned by this run's align step when it aligns)
+        images = validation_dataset(manifest, side, crop, batch_size)
+    elif (card.get("alignment") or {}).get("method", "none") != "none":  # raw photos, aligned as it was trained
+        images, not_aligned = _aligned_inputs(paths, side, crop)
+    else:
+        images = list(paths)
     scores = _pair_scores(embed_images(model, images, side, crop, batch_size, flip_tta), paths, pairs)
     verification = {"genuine_pairs": int(pairs.is_same.sum()), "impostor_pairs": int((~pairs.is_same).sum()),
                     **_verification(scores, pairs)}
-    return {"source": folder, "image_size": side, "center_crop": crop, "verification": verification,
+    return {"source": folder, "image_size": side, "center_crop": crop, "not_aligned": not_aligned,
+            "verification": verification,
             "summary": _verification_summary(verification, flip_tta).to_dict()}
 
 
@@ -428,7 +456,8 @@ def _check_finite(metrics: Any, where: str = "metrics") -> None:
 def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file: str | os.PathLike | None = None,
              pairs_root: str | os.PathLike | None = None, flip_tta: bool = True, batch_size: int = 64,
              seed: int = 42, on_missing: str = "error", center_crop: float | None = None,
-             champion: str | os.PathLike | None = None, champion_version: int | None = None) -> dict[str, Any]:
+             align: str | None = None, champion: str | os.PathLike | None = None,
+             champion_version: int | None = None) -> dict[str, Any]:
     """Evaluate a trained model; write ``metrics.json`` and ``report.html`` into ``output_dir``.
 
     Args:
@@ -441,6 +470,9 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         flip_tta: add the mirrored image's embedding for verification.
         seed: for drawing pairs from the validation split.
         center_crop: override the training run's center_crop (default: from the model's config).
+        align: how the images of a pairs file are aligned: 'mtcnn', 'none', or None/'auto' to follow the
+            model's metadata (the manifest's images are already what training read). An image whose face is
+            not found is fed whole, and listed in ``verification.not_aligned``.
         champion: the model in production (an export folder, e.g. a model store version's assets.extra/);
             it is scored on exactly the same pairs and images with the same protocol, and its numbers go
             into metrics.json's ``champion`` (read back by ``EvaluationDir.read_champion``).
@@ -461,9 +493,13 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
 
     closed = _closed_set(trained, manifest, crop, batch_size)
     pairs, source = _pairs(manifest, pairs_file, pairs_root, seed, on_missing)
+    not_aligned: dict[str, str] = {}
+    method = _alignment_method(trained, align)
     if pairs_file:
         paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
         images = paths
+        if method != "none":  # raw photos: aligned as the training crops were
+            images, not_aligned = _aligned_inputs(paths, trained.image_size, crop)
     else:  # drawn from the validation split: read it as training does (EXIF orientation included)
         paths = manifest.absolute_paths(VALIDATION)
         images = validation_dataset(manifest, trained.image_size, crop, batch_size)
@@ -479,6 +515,7 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
     verification = {"source": source, "pairs_file": str(pairs_file) if pairs_file else None,
                     "pairs": len(pairs), "genuine_pairs": int(pairs.is_same.sum()),
                     "impostor_pairs": int((~pairs.is_same).sum()), "pairs_counts": pairs.counts,
+                    "alignment": method, "not_aligned": not_aligned,
                     **_verification(scores, pairs)}
     far, tar, thresholds = M.roc_curve(scores, pairs.is_same)
     confusion = closed.pop("confusion_matrix", None)
