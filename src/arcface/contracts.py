@@ -9,6 +9,7 @@ files itself, so the layout is defined once::
     ModelDir       train:     config.yaml, metadata.json, the two .keras models, best/, checkpoints/, logs/
     EvaluationDir  evaluate:  metrics.json (its "summary" is an EvaluationSummary), report.html
     ExportDir      export:    model_card.json/.md, saved_model/, model.keras, model*.tflite, model.onnx
+    StoreVersion   promote:   <store>/<model>/<version>/assets.extra/lineage.json (arcface.store)
 
 Every JSON file written here carries a schema version (``schema_version``; the manifest's own key is
 ``version``) and its reader refuses a file with another or no version, naming the step to re-run: a file
