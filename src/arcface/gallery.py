@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from arcface import atomic
-from arcface.contracts import ContractError, ExportDir, check_version
+from arcface.contracts import ContractError, ExportDir, ModelDir, check_version
 from arcface.embedding import Embedder, gallery_identities, load_embedder
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,18 @@ def _saved_model_dir(path: str) -> str | None:
 
 
 def find_card(path: str) -> str | None:
-    """The model_card.json describing the model at ``path``: in the folder, in a SavedModel's
-    ``assets.extra/`` (a model-store version folder), next to the SavedModel folder, or in a sibling folder."""
+    """The model_card.json describing the model at ``path``: in its folder; for a bare SavedModel folder (a
+    model-store version: saved_model.pb + variables/) also in its ``assets.extra/``, next to the folder, or in
+    a sibling folder. A training run or a .keras file looks in its own folder only, so it never borrows the
+    card of another model that happens to lie nearby."""
     path = os.path.abspath(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if ExportDir.has_card(folder):
+        return os.path.join(folder, ExportDir.CARD_JSON)
+    if not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return None
     parent = os.path.dirname(folder)
-    for candidate in (folder, os.path.join(folder, "assets.extra"), parent):
+    for candidate in (os.path.join(folder, "assets.extra"), parent):
         if ExportDir.has_card(candidate):
             return os.path.join(candidate, ExportDir.CARD_JSON)
     siblings = sorted(glob.glob(os.path.join(parent, "*", ExportDir.CARD_JSON)))
@@ -87,15 +93,21 @@ def find_card(path: str) -> str | None:
 
 def model_identity(path: str, card_file: str | None) -> str:
     """``card:<sha256>`` of the model card; else ``saved_model:<fingerprint checksum>``; else
-    ``keras:<sha256>`` of the .keras file that was loaded."""
+    ``keras:<sha256>`` of the .keras file (a training run's embedding model)."""
     if card_file:
         return "card:" + _sha256_file(card_file)
-    saved_model = _saved_model_dir(path) if os.path.isdir(path) else None
+    if os.path.isfile(path):
+        return "keras:" + _sha256_file(path)
+    saved_model = _saved_model_dir(path)
     if saved_model:
         import tensorflow as tf
 
         return f"saved_model:{tf.saved_model.experimental.read_fingerprint(saved_model).saved_model_checksum}"
-    return "keras:" + _sha256_file(path)
+    for name in (ModelDir.EMBEDDING_MODEL_FILE, ExportDir.KERAS_FILE):
+        if os.path.isfile(os.path.join(path, name)):
+            return "keras:" + _sha256_file(os.path.join(path, name))
+    raise GalleryError(f"cannot tell which model {path} holds (no model card, SavedModel or .keras file); pass an "
+                       "export folder, a model-store version folder, a training run or a .keras file")
 
 
 def load_model(path: str | os.PathLike) -> IdentifiedModel:
@@ -114,8 +126,7 @@ def load_model(path: str | os.PathLike) -> IdentifiedModel:
             embedder, center_crop=float(crop),
             threshold=evaluation.threshold if evaluation else embedder.threshold,
             threshold_flip_tta=evaluation.flip_tta if evaluation else embedder.threshold_flip_tta)
-    loaded = embedder.source if os.path.isfile(embedder.source) else path
-    return IdentifiedModel(embedder, model_identity(loaded, card_file), card, path)
+    return IdentifiedModel(embedder, model_identity(path, card_file), card, path)
 
 
 def _sha256_file(path: str) -> str:

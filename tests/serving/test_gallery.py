@@ -147,3 +147,11 @@ def test_cli_enroll_and_search_index(export_dir, sample_dir, tmp_path, capsys):
     assert out.splitlines()[1].split()[2:] == [best.identity, best.path]
     assert cli(["search", "--index", index_dir, "--gallery", str(sample_dir / "train"), probe]) == 2
     assert "either --gallery" in capsys.readouterr().err
+
+
+def test_a_training_run_is_identified_by_its_own_model_not_a_nearby_card(export_dir):
+    run = export_dir.parent / "run"  # make_export put the run next to the export folder (which has a card)
+    loaded = load_model(run)
+    assert loaded.card == {} and loaded.model_id.startswith("keras:")
+    assert loaded.model_id != load_model(export_dir).model_id
+    assert load_model(run / "embedding_model.keras").model_id == loaded.model_id
