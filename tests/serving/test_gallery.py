@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("faiss", reason="the serve extra is not installed: pip install -e '.[test,serve]'")
+
 from arcface.cli import main as cli
 from arcface.embedding import Embedder, load_embedder
 from arcface.gallery import GalleryError, GalleryIndex, enroll, load_model, search_index

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import requests
 
+pytest.importorskip("kserve", reason="the serve extra is not installed: pip install -e '.[test,serve]'")
+pytest.importorskip("faiss", reason="the serve extra is not installed: pip install -e '.[test,serve]'")
+
 from arcface.cli import main as cli
 from arcface.embedding import load_embedder
 from arcface.gallery import GalleryIndex, enroll, load_model
