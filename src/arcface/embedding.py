@@ -327,3 +327,35 @@ def search_command(model: str, gallery_dir: str, probe: str, top_k: int = 5, ali
     for rank, index in enumerate(order, start=1):
         print(f"{rank:3d}  {similarities[index]:.4f}  {names[index]}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoded bytes (the model server's entrance: photos that arrive in a request, not as files)
+# ---------------------------------------------------------------------------------------------------
+def encoded_input(contents: bytes, image_size: int, center_crop: float = 1.0, name: str = "image") -> np.ndarray:
+    """Encoded image bytes -> normalized float32 [S, S, 3] (``model_input``, as :func:`load_image` does for a
+    file); bytes that are not a readable image are an error naming ``name``."""
+    import tensorflow as tf
+
+    from arcface.data.preprocess import model_input
+
+    try:
+        return model_input(tf.constant(contents), image_size, center_crop).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+        raise EmbeddingError(f"{name} is not a readable image ({e.message.splitlines()[0]}); send JPEG, PNG, "
+                             "GIF, BMP or binary PGM/PPM bytes") from None
+
+
+def embed_encoded(embedder: Embedder, images: Sequence[bytes], names: Sequence[str] | None = None,
+                  flip_tta: bool = False) -> np.ndarray:
+    """Unit-length embeddings [N, D] of encoded images, exactly as :meth:`Embedder.embed` computes them for
+    files with the same bytes (the same input function, forward pass and flip rule)."""
+    if not images:
+        raise EmbeddingError("no images to embed; send at least one image")
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+    batch = np.stack([encoded_input(data, embedder.image_size, embedder.center_crop, name)
+                      for data, name in zip(images, names, strict=True)])
+    out = np.asarray(embedder.forward(batch), dtype=np.float32)
+    if flip_tta:
+        out = out + np.asarray(embedder.forward(np.ascontiguousarray(batch[:, :, ::-1, :])), dtype=np.float32)
+    return l2_normalize(out)
