@@ -3,7 +3,7 @@
 KServe provides the HTTP server, the v1 and Open Inference Protocol v2 routes, readiness and liveness
 (``/v2/health/ready``, ``/v2/health/live``, ``/v1/models/<name>``, ``/v2/models/<name>/ready``) and metrics;
 this module only turns requests into images and embeddings into answers. Photos go through the Embedder's
-own entrance (:func:`arcface.embedding.embed_encoded`: ``model_input`` with EXIF orientation), so the server's
+own entrance (:meth:`arcface.embedding.Embedder.embed_encoded`: ``model_input`` with EXIF orientation), so the server's
 embedding of a photo is ``arcface embed``'s.
 
 v1 (``POST /v1/models/<name>:predict``), images as base64 (``{"b64": "..."}`` or the bare string)::
@@ -36,7 +36,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from arcface.data.validate import MAX_PIXELS
-from arcface.embedding import EmbeddingError, embed_encoded
+from arcface.embedding import EmbeddingError
 from arcface.gallery import GalleryError, GalleryIndex, IdentifiedModel, load_model
 
 DEFAULT_NAME = "arcface"
@@ -182,7 +182,7 @@ class ArcFaceModel(kserve.Model):
     # -- Task -> results -----------------------------------------------------------------------------
     def _embed(self, images: list[bytes], field: str, flip_tta: bool) -> np.ndarray:
         try:
-            return embed_encoded(self.model.embedder, images, [f"{field}[{i}]" for i in range(len(images))],
+            return self.model.embedder.embed_encoded(images, [f"{field}[{i}]" for i in range(len(images))],
                                  flip_tta=flip_tta)
         except EmbeddingError as e:
             raise InvalidInput(str(e)) from None
