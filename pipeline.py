@@ -5,8 +5,11 @@
     python pipeline.py run --local [--config YAML] [--data sample/orl] [--param k=v ...] [--output runs/local]
     python pipeline.py run --docker [same options]     # every step in its image (kfp.local.DockerRunner)
     python pipeline.py submit --host URL [--experiment NAME] [--namespace NS] [--token T] [--param k=v ...]
-    python pipeline.py schedule --host URL (--cron '0 0 3 * * 0' | --every 7d) [--update] [--param k=v ...]
+    python pipeline.py schedule --host URL (--cron '0 0 3 * * 0' | --every 7d) [--update] [--max_minutes 60]
+                                [--param k=v ...]
     python pipeline.py models list|show|rollback --store DIR [--model NAME] [--version N]
+    python pipeline.py serve-manifest --model-uri s3://bucket/models/arcface/3 [--name arcface] [--version 3]
+                                      --output isvc.yaml    # a KServe InferenceService running `arcface serve`
 
 The DAG and its parameters are in ``components/dag.py``, local runs in ``components/runners.py``, the KFP client
 in ``components/cluster.py``; this file is the command line over them.
@@ -135,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int,
                    help="show: which version (default current); rollback: to which (default the one the current "
                         "replaced)")
+
+    p = sub.add_parser("serve-manifest", help="write a KServe InferenceService serving a model version")
+    p.add_argument("--model-uri", required=True, help="storage URI of the export or model-store version folder")
+    p.add_argument("--name", default="arcface", help="InferenceService name (also the model name in its URLs)")
+    p.add_argument("--version", help="model version, recorded as a label")
+    p.add_argument("--output", required=True, help="the YAML file to write")
     return parser
 
 
@@ -184,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         preset=not args.no_preset)
             print("pipeline arguments: " + ", ".join(f"{k}={v!r}" for k, v in arguments.items()), flush=True)
             print_summary(run_local(arguments, args.output, docker=args.docker, progress=sys.stdout))
+        elif args.command == "serve-manifest":
+            from components.serving import write_manifest
+
+            print(f"wrote {write_manifest(args.output, args.model_uri, args.name, args.version)}")
         elif args.command == "submit":
             run, version = submit(args.host, _server_arguments(args), options=deploy_options(args),
                                   experiment=args.experiment, namespace=args.namespace, token=args.token,

@@ -44,6 +44,8 @@ PINS=(
   "onnx==1.23.2"
   "onnxruntime==1.32.0"
 )
+# The extra of the arcface-kfp wheel the cpu and gpu images also hold: `arcface serve` runs in the cpu image.
+IMAGE_EXTRA=serve
 # Needed on the host to build the arcface-kfp wheel offline (pyproject build-system).
 BUILD_REQS=("setuptools>=68" "wheel")
 # What the validation image holds besides the arcface-kfp wheel (installed --no-deps there).
@@ -129,7 +131,7 @@ PY
 
 fetch_wheels() {
   local key
-  key=$( { printf '%s\n' "${PINS[@]}" "${BUILD_REQS[@]}" "${VALIDATE_REQS[@]}"; requires_of_own_wheel; } | sha256sum | cut -c1-16)
+  key=$( { printf '%s\n' "${PINS[@]}" "${BUILD_REQS[@]}" "${VALIDATE_REQS[@]}"; requires_of_own_wheel "$IMAGE_EXTRA"; } | sha256sum | cut -c1-16)
   wheel_dir=${wheel_dir:-$CACHE/wheels/$key}
   if [[ -f $wheel_dir/.complete ]] && [[ $(cat "$wheel_dir/.complete") == "$key" ]]; then
     log "wheels cached in $wheel_dir"
@@ -140,7 +142,7 @@ fetch_wheels() {
   local start=$SECONDS
   # Host and images are both CPython 3.11 / glibc x86_64 (Debian bookworm), so the host's pip picks
   # the right wheels.
-  quiet_pip wheel -q -w "$wheel_dir" "${OWN_WHEEL}" "${PINS[@]}" "${BUILD_REQS[@]}" "${VALIDATE_REQS[@]}" >&2
+  quiet_pip wheel -q -w "$wheel_dir" "${OWN_WHEEL}[$IMAGE_EXTRA]" "${PINS[@]}" "${BUILD_REQS[@]}" "${VALIDATE_REQS[@]}" >&2
   rm -f "$wheel_dir"/arcface_kfp-*.whl
   echo "$key" >"$wheel_dir/.complete"
   log "wheels downloaded in $((SECONDS - start)) s: $(du -sh "$wheel_dir" | cut -f1)"
@@ -169,8 +171,9 @@ write_requirements() {
   local flavor=$1 out=$2
   case $flavor in
     cpu)
-      # The wheel's own requirements, plus the top-level pins.
-      { requires_of_own_wheel; printf '%s\n' "${PINS[@]}"; } >"$out" ;;
+      # The wheel's own requirements with those of the serve extra (`arcface serve`: kserve, faiss), plus
+      # the top-level pins.
+      { requires_of_own_wheel "$IMAGE_EXTRA"; printf '%s\n' "${PINS[@]}"; } >"$out" ;;
     gpu)
       # As cpu, minus TensorFlow itself (the GPU base brings it).
       write_requirements cpu "$out.tmp"

@@ -1,4 +1,4 @@
-"""The ``arcface`` command: validate, train, evaluate, export, embed, compare, search.
+"""The ``arcface`` command: validate, train, evaluate, export, embed, compare, search, enroll, serve.
 
 ``python train.py --flag=value ...`` (the original command line) is ``arcface train --flag=value ...``.
 """
@@ -78,9 +78,32 @@ def _compare(args) -> int:
 
 
 def _search(args) -> int:
+    if (args.gallery is None) == (args.index is None):
+        raise ValueError("pass either --gallery people/ (embed the gallery now) or --index IDX (an index from "
+                         "`arcface enroll`)")
+    if args.index is not None:
+        from arcface.gallery import search_index_command
+
+        return search_index_command(args.model, args.index, args.probe, args.top_k)
+    if args.model is None:
+        raise ValueError("--gallery needs --model (the model to embed the gallery and the probe with)")
     from arcface.embedding import search_command
 
     return search_command(args.model, args.gallery, args.probe, args.top_k, args.align)
+
+
+def _enroll(args) -> int:
+    from arcface.gallery import enroll_command
+
+    return enroll_command(args.model, args.gallery, args.index, args.kind)
+
+
+def _serve(args) -> int:
+    from arcface.serving import serve
+
+    serve(args.model, name=args.name, http_port=args.http_port, index_path=args.index,
+          max_instances=args.max_instances, grpc_port=args.grpc_port)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,13 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
     p.set_defaults(run=_compare)
 
-    p = sub.add_parser("search", help="rank gallery identities for a probe face")
-    p.add_argument("--model", required=True)
-    p.add_argument("--gallery", required=True, help="folder of <identity>/ image folders")
+    p = sub.add_parser("search", help="rank gallery identities (--gallery) or enrolled faces (--index) for a probe")
+    p.add_argument("--model", help="required with --gallery; with --index, default: the model it was enrolled with")
+    p.add_argument("--gallery", help="folder of <identity>/ image folders, embedded now")
+    p.add_argument("--index", help="an index from `arcface enroll`")
     p.add_argument("probe")
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
     p.set_defaults(run=_search)
+
+    p = sub.add_parser("enroll", help="embed a gallery into a persistent index (new or changed images only)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--gallery", required=True, help="folder of <identity>/ image folders")
+    p.add_argument("--index", required=True, help="the index folder (created, or updated)")
+    p.add_argument("--kind", choices=("exact", "hnsw"), default="exact",
+                   help="exact inner-product search, or an approximate HNSW graph for large galleries")
+    p.set_defaults(run=_enroll)
+
+    p = sub.add_parser("serve", help="serve the model with KServe's model server (v1 and v2 protocols)")
+    p.add_argument("--model", required=True, help="an export folder or a model-store version folder")
+    p.add_argument("--name", default="arcface", help="the model name in the URLs")
+    p.add_argument("--http_port", type=int, default=8080)
+    p.add_argument("--grpc_port", type=int, default=None, help="also serve gRPC v2 on this port")
+    p.add_argument("--index", help="a gallery index for search requests (`arcface enroll`)")
+    p.add_argument("--max_instances", type=int, default=64, help="the most images one request may carry")
+    p.set_defaults(run=_serve)
     return parser
 
 

@@ -48,15 +48,27 @@ class Embedder:
     source: str = ""
     align: str = "none"  # 'mtcnn': photos are aligned onto the template before model_input, as in training
 
-    def load_images(self, paths: Sequence[str]) -> np.ndarray:
+    def inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
+        """Encoded images -> the model's inputs [N, S, S, 3]: aligned first when the model was trained on aligned
+        crops, then ``model_input``. Bytes that are not a readable image are an error naming them."""
         if self.align == "none":
-            return np.stack([load_image(p, self.image_size, self.center_crop) for p in paths])
+            return np.stack([decode_input(data, name, self.image_size, self.center_crop)
+                             for data, name in zip(contents, names, strict=True)])
         from arcface.data.align import aligned_model_inputs
 
-        contents = [read_image_bytes(p) for p in paths]
-        for path, data in zip(paths, contents, strict=True):
-            decode_input(data, path, 32)  # an unreadable file is named as such before detection
-        return aligned_model_inputs(contents, paths, self.image_size, self.center_crop, error=EmbeddingError)[0]
+        for data, name in zip(contents, names, strict=True):
+            decode_input(data, name, 32)  # unreadable bytes are named as such before detection
+        return aligned_model_inputs(list(contents), list(names), self.image_size, self.center_crop,
+                                    error=EmbeddingError)[0]
+
+    def load_images(self, paths: Sequence[str]) -> np.ndarray:
+        return self.inputs([read_image_bytes(p) for p in paths], list(paths))
+
+    def _embed_batch(self, batch: np.ndarray, flip_tta: bool) -> np.ndarray:
+        out = np.asarray(self.forward(batch), dtype=np.float32)
+        if flip_tta:  # sum with the mirror image's embedding, as the evaluation does (normalized by the caller)
+            out = out + np.asarray(self.forward(np.ascontiguousarray(batch[:, :, ::-1, :])), dtype=np.float32)
+        return out
 
     def embed(self, paths: Sequence[str], batch_size: int = 32, flip_tta: bool = False) -> np.ndarray:
         """Unit-length embeddings [N, D] float32 of image files, in the order given."""
@@ -65,14 +77,18 @@ class Embedder:
         paths = [str(p) for p in paths]
         if not paths:
             raise EmbeddingError("no images to embed; pass at least one image file")
-        outputs = []
-        for start in range(0, len(paths), batch_size):
-            batch = self.load_images(paths[start:start + batch_size])
-            out = np.asarray(self.forward(batch), dtype=np.float32)
-            if flip_tta:  # sum with the mirror image's embedding, as the evaluation does, then renormalize
-                out = out + np.asarray(self.forward(np.ascontiguousarray(batch[:, :, ::-1, :])), dtype=np.float32)
-            outputs.append(out)
+        outputs = [self._embed_batch(self.load_images(paths[start:start + batch_size]), flip_tta)
+                   for start in range(0, len(paths), batch_size)]
         return l2_normalize(np.concatenate(outputs))
+
+    def embed_encoded(self, images: Sequence[bytes], names: Sequence[str] | None = None,
+                      flip_tta: bool = False) -> np.ndarray:
+        """Unit-length embeddings [N, D] of encoded images (a server's request), exactly as :meth:`embed`
+        computes them for files with the same bytes: the same alignment, input function and flip rule."""
+        if not images:
+            raise EmbeddingError("no images to embed; send at least one image")
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        return l2_normalize(self._embed_batch(self.inputs(list(images), names), flip_tta))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -87,12 +103,8 @@ def read_image_bytes(path: str) -> bytes:
         raise EmbeddingError(f"image {path} cannot be read ({e.strerror}); check the path") from None
 
 
-def load_image(path: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
-    """One image file -> normalized float32 [S, S, 3] (``model_input``); an unreadable file is an error naming it."""
-    return decode_input(read_image_bytes(path), path, image_size, center_crop)
-
-
-def decode_input(contents: bytes, path: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
+def decode_input(contents: bytes, name: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
+    """Encoded bytes -> normalized float32 [S, S, 3] (``model_input``); unreadable bytes are an error naming them."""
     import tensorflow as tf
 
     from arcface.data.preprocess import model_input
@@ -100,8 +112,8 @@ def decode_input(contents: bytes, path: str, image_size: int, center_crop: float
     try:
         return model_input(tf.constant(contents), image_size, center_crop).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-        raise EmbeddingError(f"image {path} is not a readable image ({e.message.splitlines()[0]}); use JPEG, "
-                             "PNG, GIF, BMP or binary PGM/PPM files") from None
+        raise EmbeddingError(f"{name} is not a readable image ({e.message.splitlines()[0]}); use JPEG, PNG, "
+                             "GIF, BMP or binary PGM/PPM") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,13 +208,19 @@ def _load_embedder(path: str) -> Embedder:
                         _alignment_from(path))
     if os.path.isfile(os.path.join(path, ExportDir.KERAS_FILE)):  # an export: the .keras file loads fastest
         return _from_keras_file(os.path.join(path, ExportDir.KERAS_FILE), path)
+    from arcface.store import EXTRA_DIR
+
+    extra = os.path.join(path, EXTRA_DIR)  # a model-store version: the export's other files and its card
+    if ExportDir.has_card(extra) and os.path.isfile(os.path.join(extra, ExportDir.KERAS_FILE)):
+        return _from_keras_file(os.path.join(extra, ExportDir.KERAS_FILE), extra)
     saved_model = next((p for p in (os.path.join(path, ExportDir.SAVED_MODEL_DIR), path)
                         if os.path.isfile(os.path.join(p, "saved_model.pb"))), None)
     if saved_model is None:
         raise EmbeddingError(f"{path} holds no {artifacts.EMBEDDING_MODEL_FILE}, {ExportDir.KERAS_FILE} or "
                              f"{ExportDir.SAVED_MODEL_DIR}/; pass a training run's save_path or an `arcface export` "
                              "folder")
-    folder = path if saved_model != path else os.path.dirname(os.path.abspath(path))
+    folder = (path if saved_model != path else extra if ExportDir.has_card(extra)
+              else os.path.dirname(os.path.abspath(path)))
     forward, image_size = _saved_model_forward(saved_model)
     crop = float((_card(folder).get("input") or {}).get("center_crop", 1.0))
     threshold, flip = _threshold_from(folder)

@@ -20,7 +20,7 @@ REPOSITORY_ENV = "ARCFACE_IMAGE_REPOSITORY"
 
 #: flavor -> what the image holds
 FLAVORS: dict[str, str] = {
-    "cpu": "every component: TensorFlow (CPU), kfp, ONNX export (tf2onnx/onnx/onnxruntime)",
+    "cpu": "every component: TensorFlow (CPU), kfp, ONNX export (tf2onnx/onnx/onnxruntime); `arcface serve` (kserve, faiss)",
     "gpu": "training on a GPU: the CPU image's packages on a TensorFlow GPU base image",
     "validate": "data validation only: numpy, pillow, pyyaml (no TensorFlow)",
 }

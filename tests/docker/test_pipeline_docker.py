@@ -101,8 +101,9 @@ def test_model_and_metrics(docker_run):
     for key in ("verification_accuracy", "auc", "eer", "top1_accuracy", "top5_accuracy"):
         assert 0.0 <= getattr(numbers, key) <= 1.0, key
     assert numbers.genuine_pairs > 0 and numbers.impostor_pairs > 0
-    # Better than chance (0.5 on balanced pairs) on the held-out faces, after training that learned.
-    assert numbers.verification_accuracy >= 0.7, numbers
+    # Better than chance on the held-out faces, after training that learned: closed-set top-1 over the 30
+    # validation faces of 10 identities (chance 0.1; 0.25 is beyond luck), and verification above 0.5.
+    assert numbers.top1_accuracy >= 0.25 and numbers.verification_accuracy >= 0.6, numbers
     history = metadata["history"]
     assert min(h["loss"] for h in history[-3:]) < 0.9 * history[0]["loss"], history
     gate = json.loads((run_dir / "quality-gate" / "executor_output.json").read_text())

@@ -80,6 +80,12 @@ def test_the_loop_promotes_only_what_beats_the_champion_on_the_same_pairs(sample
     embedding = served.signatures["serving_default"](images=tf.stack([image]))["embedding"].numpy()
     assert embedding.shape == (1, TINY["embedding_size"])
     assert abs(float((embedding ** 2).sum()) - 1.0) < 1e-4
+    # `arcface serve|compare --model <store>/<model>/1` reads the card and model.keras beside it (assets.extra/).
+    from arcface.embedding import load_embedder
+
+    embedder = load_embedder(store.version_dir(1))
+    card = contracts.ExportDir.read_card(Path(store.extra_dir(1)))
+    assert embedder.image_size == TINY["image_size"] and embedder.threshold == card["threshold"] is not None
 
     again = run(faces, tmp_path, store_dir, **WORSE)
     version, champion = champion_in(again)

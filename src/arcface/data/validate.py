@@ -299,6 +299,11 @@ def _walk_identity(walk: _Walk, split: str, identity: str, folder: bytes, rel: s
             walk.findings.append(_link_finding(kind, shown))
 
 
+# The decompression-bomb limit: an image announcing more pixels is refused before it is decoded (the
+# validation step's default, and the model server's limit for uploaded photos).
+MAX_PIXELS = 40_000_000
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Inspecting one file
 # ---------------------------------------------------------------------------------------------------------
@@ -415,7 +420,7 @@ def _inspect_all(candidates: list[_Candidate], max_pixels: int, min_side: int,
 # The step
 # ---------------------------------------------------------------------------------------------------------
 def validate_dataset(train_data: str, validation_data: str, *, n_classes: int | None = None, min_images: int = 1,
-                     strict: bool = False, max_pixels: int = 40_000_000, min_side: int = 32,
+                     strict: bool = False, max_pixels: int = MAX_PIXELS, min_side: int = 32,
                      output_dir: str | None = None, workers: int | None = None) -> ValidationResult:
     """Check every file of both splits and build the manifest; see the module docstring for the rules.
 

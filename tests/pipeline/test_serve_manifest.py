@@ -1,0 +1,73 @@
+"""`pipeline.py serve-manifest`: a KServe InferenceService for a model version, with a golden file.
+
+Regenerate the golden file after an intended change with:
+
+    python pipeline.py serve-manifest --model-uri s3://models/arcface/3 --version 3 \\
+        --output tests/pipeline/golden/serve_manifest.yaml
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline
+from arcface import images
+from arcface.cli import build_parser
+
+pytest.importorskip("kserve", reason="the serve extra (kserve) is not installed")
+
+GOLDEN = Path(__file__).parent / "golden" / "serve_manifest.yaml"
+URI = "s3://models/arcface/3"
+
+
+@pytest.fixture
+def manifest(tmp_path, monkeypatch) -> Path:
+    monkeypatch.delenv(images.REPOSITORY_ENV, raising=False)
+    out = tmp_path / "isvc.yaml"
+    assert pipeline.main(["serve-manifest", "--model-uri", URI, "--version", "3", "--output", str(out)]) == 0
+    return out
+
+
+def test_golden_file(manifest):
+    assert manifest.read_text() == GOLDEN.read_text(), (
+        "the InferenceService differs from tests/pipeline/golden/serve_manifest.yaml; if the change is intended, "
+        "regenerate it (see this module's docstring)")
+
+
+def test_manifest_is_a_kserve_inference_service_running_arcface_serve(manifest, monkeypatch):
+    import kserve
+    from kubernetes import client
+
+    document = yaml.safe_load(manifest.read_text())
+    # Read back into KServe's own classes: a field they do not know would not survive the round trip. Their
+    # deserializer looks every class up in kserve.models, which lacks the Kubernetes ones they embed.
+    for name in dir(client.models):
+        if name.startswith("V1") and not hasattr(kserve.models, name):
+            monkeypatch.setattr(kserve.models, name, getattr(client.models, name), raising=False)
+    service = kserve.ApiClient()._ApiClient__deserialize(document, "V1beta1InferenceService")
+    assert kserve.ApiClient().sanitize_for_serialization(service) == document
+    assert (service.api_version, service.kind) == ("serving.kserve.io/v1beta1", "InferenceService")
+    (container,) = service.spec.predictor.containers
+    assert container.image == images.cpu_image()
+    assert {e.name: e.value for e in container.env} == {"STORAGE_URI": URI}
+    assert container.resources.requests and container.resources.limits
+    assert service.metadata.labels["arcface-kfp/model-version"] == "3"
+    # The command is one our CLI accepts, loading what KServe's storage initializer put at /mnt/models.
+    assert container.command == ["arcface", "serve"]
+    args = build_parser().parse_args([container.command[1], *container.args])
+    assert (args.model, args.name, args.http_port) == ("/mnt/models", "arcface", 8080)
+    assert container.ports[0].container_port == args.http_port
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--model-uri", "models/arcface/3"], "is not a storage URI"),
+    (["--model-uri", URI, "--name", "ArcFace_1"], "is not a valid InferenceService name"),
+])
+def test_bad_arguments_are_refused_with_the_fix(flags, message, tmp_path, capsys):
+    out = tmp_path / "isvc.yaml"
+    assert pipeline.main(["serve-manifest", *flags, "--output", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
