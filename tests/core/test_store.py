@@ -96,7 +96,8 @@ def _add_many(root: str, exported: str, count: int, tag: str, start) -> None:
 
 
 def test_two_processes_racing_never_share_a_version_number(tmp_path, exported):
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of a process that has loaded TensorFlow (other tests) may fail in the child.
+    context = multiprocessing.get_context("spawn")
     start = context.Event()
     writers = [context.Process(target=_add_many, args=(str(tmp_path / "store"), str(exported), 6, tag, start))
                for tag in ("a", "b")]
