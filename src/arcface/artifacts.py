@@ -14,6 +14,7 @@ A model folder (the training step's ``save_path``, the KFP ``Model`` artifact) h
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -57,6 +58,15 @@ class TrainedModel:
 # The atomic writer is the one every step output uses; re-exported here for the model folder's writers.
 write_json = atomic.write_json
 remove_stale_temporaries = atomic.remove_stale_temporaries
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, read in blocks (models and exports can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_keras(model, path: str | os.PathLike) -> None:

@@ -305,26 +305,18 @@ def _decode_batch(encoded: Sequence[bytes], names: Sequence[str], image_size: in
 # ---------------------------------------------------------------------------------------------------
 # Model card
 # ---------------------------------------------------------------------------------------------------
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _describe_file(root: str, name: str) -> dict[str, Any]:
     """Size and sha256 of a file; of a folder, the total size and the hash of its sorted (path, hash) list."""
     path = os.path.join(root, name)
     if os.path.isfile(path):
-        return {"path": name, "bytes": os.path.getsize(path), "sha256": _sha256_file(path)}
+        return {"path": name, "bytes": os.path.getsize(path), "sha256": artifacts.file_sha256(path)}
     listing, total = hashlib.sha256(), 0
     for folder, dirs, files in sorted(os.walk(path)):
         dirs.sort()
         for file in sorted(files):
             full = os.path.join(folder, file)
             total += os.path.getsize(full)
-            listing.update(f"{os.path.relpath(full, path)}\0{_sha256_file(full)}\n".encode())
+            listing.update(f"{os.path.relpath(full, path)}\0{artifacts.file_sha256(full)}\n".encode())
     return {"path": name + "/", "bytes": total, "sha256": listing.hexdigest(),
             "sha256_of": "sorted lines '<relative path>\\0<file sha256>'"}
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from arcface import atomic
+from arcface import artifacts, atomic
 from arcface.contracts import ContractError, ExportDir, ModelDir, check_version
 from arcface.embedding import Embedder, gallery_identities, load_embedder
 
@@ -95,9 +94,9 @@ def model_identity(path: str, card_file: str | None) -> str:
     """``card:<sha256>`` of the model card; else ``saved_model:<fingerprint checksum>``; else
     ``keras:<sha256>`` of the .keras file (a training run's embedding model)."""
     if card_file:
-        return "card:" + _sha256_file(card_file)
+        return "card:" + artifacts.file_sha256(card_file)
     if os.path.isfile(path):
-        return "keras:" + _sha256_file(path)
+        return "keras:" + artifacts.file_sha256(path)
     saved_model = _saved_model_dir(path)
     if saved_model:
         import tensorflow as tf
@@ -105,7 +104,7 @@ def model_identity(path: str, card_file: str | None) -> str:
         return f"saved_model:{tf.saved_model.experimental.read_fingerprint(saved_model).saved_model_checksum}"
     for name in (ModelDir.EMBEDDING_MODEL_FILE, ExportDir.KERAS_FILE):
         if os.path.isfile(os.path.join(path, name)):
-            return "keras:" + _sha256_file(os.path.join(path, name))
+            return "keras:" + artifacts.file_sha256(os.path.join(path, name))
     raise GalleryError(f"cannot tell which model {path} holds (no model card, SavedModel or .keras file); pass an "
                        "export folder, a model-store version folder, a training run or a .keras file")
 
@@ -127,14 +126,6 @@ def load_model(path: str | os.PathLike) -> IdentifiedModel:
             threshold=evaluation.threshold if evaluation else embedder.threshold,
             threshold_flip_tta=evaluation.flip_tta if evaluation else embedder.threshold_flip_tta)
     return IdentifiedModel(embedder, model_identity(path, card_file), card, path)
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,7 +268,7 @@ def enroll(model: IdentifiedModel, gallery_dir: str, index_dir: str, kind: str =
     ``index_dir`` (created when absent); images no longer in the gallery leave it. Written atomically."""
     identities = gallery_identities(gallery_dir)
     gallery = os.path.abspath(gallery_dir)
-    current = [Record(identity, os.path.relpath(p, gallery_dir), _sha256_file(p))
+    current = [Record(identity, os.path.relpath(p, gallery_dir), artifacts.file_sha256(p))
                for identity, paths in identities.items() for p in paths]
     flip = model.embedder.threshold_flip_tta  # probes are embedded the same way: the threshold's setting
     known: dict[tuple[str, str], np.ndarray] = {}
