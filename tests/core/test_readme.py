@@ -16,6 +16,7 @@ def test_ci_runs_both_commands_read_from_the_readme():
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     # Read, not copied: a README edit changes what CI runs.
     assert "$(python3 -m tests.readme main)" in ci and "$(python3 -m tests.readme tests)" in ci
+    assert "&& " + readme.setup_commands()[1] + ")" in ci  # the test command itself, in its new venv
     assert 'python3 -m venv "$newcomer/venv"' in ci and "git clone" in ci
     assert 'python3 -m venv "$newcomer/test-venv"' in ci  # the test command gets a brand-new venv too
     # The newcomer's command runs before anything installs the test extra.
