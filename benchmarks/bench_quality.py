@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quality.py --dataset lfw --out benchmarks/results/quality_lfw.json
     python benchmarks/bench_quality.py --dataset orl --budget_minutes 3 --out benchmarks/results/quality_orl.json
-    python benchmarks/bench_quality.py --dataset lfw --variants preset,aligned --out benchmarks/results/quality_lfw_aligned.json
+    python benchmarks/bench_quality.py --dataset lfw --variants preset,aligned,photos --out benchmarks/results/quality_lfw_aligned.json
     python benchmarks/bench_quality.py --workdir W --pipeline_run runs/local/arcface-training-...  # vs pipeline.py
 
 Open-set protocol: identities are split so that no test identity is ever seen in training. LFW: every
@@ -13,6 +13,8 @@ identities (a seeded sample when there are more than --max_genuine) and as many 
 as an LFW-format pairs file and scored by the evaluation step (10-fold accuracy, AUC, TAR@FAR).
 
 Every variant goes through the product's own steps: validate -> train (time budget) -> evaluate.
+"photos" trains nothing: the "aligned" model scores the same pairs after every test image was pasted into a
+larger scene (see plant_photos), once aligning the scenes as the model card says and once without alignment.
 """
 
 from __future__ import annotations
@@ -113,6 +115,57 @@ def orl_as_lfw(root: Path, out: Path) -> Path:
     return out
 
 
+PHOTO_SCENE = {"scene_side": 480, "face_box": 160, "scale": (0.5, 1.5), "rotation_degrees": (-25.0, 25.0)}
+
+
+def pairs_file_images(pairs_file: Path) -> list[str]:
+    """The <name>/<name>_<i:04d>.jpg paths an LFW-format pairs file names."""
+    names = set()
+    for line in pairs_file.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3:
+            names |= {(parts[0], parts[1]), (parts[0], parts[2])}
+        elif len(parts) == 4:
+            names |= {(parts[0], parts[1]), (parts[2], parts[3])}
+    return sorted(f"{n}/{n}_{int(i):04d}.jpg" for n, i in names)
+
+
+def plant_photos(pairs_root: Path, pairs_file: Path, out: Path, seed: int) -> dict:
+    """Each test image of the pairs file as a "photo": its central face box pasted into a larger scene at a seeded
+    random position, scale and rotation, over a smooth random background. Written to out/ under the same names,
+    so the same pairs file reads them; the shared images are only read."""
+    import numpy as np
+    from PIL import Image
+
+    side, box = PHOTO_SCENE["scene_side"], PHOTO_SCENE["face_box"]
+    images = pairs_file_images(pairs_file)
+    for relative in images:
+        target = out / relative
+        rng = random.Random(f"{seed}:{relative}")
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(pairs_root / relative) as source:
+            face = source.convert("RGB")
+        left = (face.width - box) // 2
+        top = (face.height - box) // 2
+        face = face.crop((left, top, left + box, top + box))
+        size = round(box * rng.uniform(*PHOTO_SCENE["scale"]))
+        face = face.resize((size, size), Image.BICUBIC)
+        mask = Image.new("L", face.size, 255)
+        angle = rng.uniform(*PHOTO_SCENE["rotation_degrees"])
+        face = face.rotate(angle, resample=Image.BICUBIC, expand=True)
+        mask = mask.rotate(angle, resample=Image.BICUBIC, expand=True)
+        noise = np.random.default_rng(rng.randrange(2**32))
+        coarse = Image.fromarray(noise.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((side, side),
+                                                                                         Image.BICUBIC)
+        grain = noise.normal(0, 8, (side, side, 3))
+        scene = Image.fromarray(np.clip(np.asarray(coarse, dtype=np.float64) + grain, 0, 255).astype(np.uint8))
+        scene.paste(face, (rng.randrange(side - face.width + 1), rng.randrange(side - face.height + 1)), mask)
+        scene.save(target, quality=92)
+    return {"images": len(images), **PHOTO_SCENE}
+
+
 def untrained_model(config, manifest, folder: str) -> None:
     from arcface import artifacts
     from arcface.train import Trainer
@@ -175,6 +228,12 @@ def run(args) -> dict:
                              "write to a new --out instead")
         result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
     for name in variants:
+        if name == "photos":
+            result["variants"][name] = photos_variant(work, pairs_root, args.seed, result["variants"].get("aligned"))
+            print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
+            if args.out:
+                _write(args.out, result)
+            continue
         overrides = VARIANTS[name]
         folder = str(work / "models" / name)
         started = time.time()
@@ -206,6 +265,32 @@ def run(args) -> dict:
             _write(args.out, result)
     result["workdir"] = str(work)
     return result
+
+
+def photos_variant(work: Path, pairs_root: Path, seed: int, clean: dict | None) -> dict:
+    """The "aligned" model on the planted photos of the same pairs, with the alignment its card records and
+    without any; the clean figure is that model on the original test images."""
+    from arcface.evaluation.evaluate import evaluate
+
+    model = work / "models" / "aligned"
+    if not (model / "metadata.json").is_file():
+        raise SystemExit(f"{model} not found: the photos variant scores the aligned model; run the variants "
+                         "aligned,photos together or pass the --workdir where aligned was trained")
+    started = time.time()
+    photos = work / "photos"
+    planted = plant_photos(pairs_root, work / "pairs.txt", photos, seed)
+    out = {"scenes": planted}
+    for label, align in (("aligned", "mtcnn"), ("unaligned", "none")):
+        metrics = evaluate(str(model), None, output_dir=str(work / "eval" / f"photos_{label}"),
+                           pairs_file=str(work / "pairs.txt"), pairs_root=str(photos), align=align)
+        out[label] = {**verification_figures(metrics["summary"]),
+                      "faces_not_found": len(metrics["verification"]["not_aligned"])}
+    if clean:
+        out["clean_lfw_10fold_accuracy"] = clean["lfw_10fold_accuracy"]
+        out["aligned_minus_clean_points"] = 100 * (out["aligned"]["lfw_10fold_accuracy"]
+                                                   - clean["lfw_10fold_accuracy"])
+    out["wall_minutes"] = (time.time() - started) / 60
+    return out
 
 
 def verification_figures(summary: dict) -> dict:
