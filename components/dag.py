@@ -186,32 +186,34 @@ def build_pipeline(options: DeployOptions | None = None):
     field_names = [f.name for f in cfg.fields()]
 
     def training_steps(p):
+        # Every step records its own failure in the store's run log under this run (arcface.notify).
+        run = {"model_store": p["model_store"], "model_name": p["model_name"],
+               "run_id": dsl.PIPELINE_JOB_NAME_PLACEHOLDER}
         validate = _configure(validate_data(config={name: p[name] for name in field_names},
-                                            data_root=p["data_root"]),
+                                            data_root=p["data_root"], **run),
                               "validate", options, "validate data and config")
         # train, evaluate and export read the align step's manifest (its crops; the validated one with align=none)
-        align = _configure(align_faces(config=validate.outputs["config"], manifest=validate.outputs["manifest"]),
+        align = _configure(align_faces(config=validate.outputs["config"], manifest=validate.outputs["manifest"],
+                                       **run),
                            "align", options, "align faces")
-        train = _configure(train_model(config=validate.outputs["config"], manifest=align.outputs["aligned"]),
+        train = _configure(train_model(config=validate.outputs["config"], manifest=align.outputs["aligned"], **run),
                            "train", options, "train")
         _place_training(train, options)
         evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=align.outputs["aligned"],
                                              pairs_file=p["pairs_file"], pairs_root=p["pairs_root"],
-                                             seed=p["seed"], model_store=p["model_store"],
-                                             model_name=p["model_name"]),
+                                             seed=p["seed"], **run),
                               "evaluate", options, "evaluate")
         gate = _configure(quality_gate(evaluation=evaluate.outputs["metrics"],
                                        accuracy_threshold=p["accuracy_threshold"],
-                                       promotion_margin=p["promotion_margin"]),
+                                       promotion_margin=p["promotion_margin"], **run),
                           "gate", options, "quality gate")
         with dsl.If(gate.outputs["Output"] == True, name="quality-gate-passed"):  # noqa: E712 - a KFP condition
             export = _configure(export_model(model=train.outputs["model"], evaluation=evaluate.outputs["metrics"],
                                              manifest=align.outputs["aligned"], formats=p["export_formats"],
-                                             quantize=p["quantize"]),
+                                             quantize=p["quantize"], **run),
                                 "export", options, "export")
             _configure(promote_model(exported=export.outputs["exported"], evaluation=evaluate.outputs["metrics"],
-                                     model_store=p["model_store"], model_name=p["model_name"],
-                                     keep_versions=p["keep_versions"], run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                                     keep_versions=p["keep_versions"], **run),
                        "promote", options, "promote to the model store")
 
     def arcface_pipeline(*args):

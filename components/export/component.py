@@ -9,7 +9,7 @@ from components.common import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def export_model(model: Input[Model], evaluation: Input[Metrics], manifest: Input[Dataset], formats: str,
-                 quantize: str, exported: Output[Model]):
+                 quantize: str, exported: Output[Model], model_store: str = "", model_name: str = "arcface", run_id: str = ""):
     """Export ``model`` into ``exported.path`` with a model card; the artifact's metadata describes it.
 
     Args:
@@ -20,11 +20,15 @@ def export_model(model: Input[Model], evaluation: Input[Metrics], manifest: Inpu
         formats: comma-separated, any of saved_model, keras, tflite, onnx.
         quantize: none, float16 or dynamic (adds a quantized TFLite file).
         exported: the exported model folder (formats, model card).
+        model_store, model_name, run_id: where a failure of this step is recorded for the exit step
+            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
     """
     from arcface.contracts import ManifestDir
     from arcface.export import export, kfp_model_metadata
+    from arcface.notify import failures_logged
 
-    faces = ManifestDir.read(manifest.path).absolute_paths("validation")
-    card = export(model.path, exported.path, formats=[f.strip() for f in formats.split(",") if f.strip()],
-                  quantize=quantize, metrics_path=evaluation.path, check_images=faces or None)
-    exported.metadata.update(kfp_model_metadata(card))
+    with failures_logged("export-model", model_store=model_store, model_name=model_name, run_id=run_id):
+        faces = ManifestDir.read(manifest.path).absolute_paths("validation")
+        card = export(model.path, exported.path, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                      quantize=quantize, metrics_path=evaluation.path, check_images=faces or None)
+        exported.metadata.update(kfp_model_metadata(card))

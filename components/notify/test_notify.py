@@ -10,7 +10,7 @@ import time
 import pytest
 from kfp import dsl, local
 
-from arcface.notify import report_run_end, run_end_record
+from arcface.notify import failures_logged, report_run_end, run_end_record
 from arcface.store import ModelStore
 from components.common import LIGHT_IMAGE
 from components.notify import report_run_end as report_component
@@ -117,6 +117,34 @@ def test_the_component_turns_kfps_status_into_the_record(tmp_path, webhook, caps
     assert "run ended: FAILED" in capsys.readouterr().out
     (body,) = hook.bodies
     assert body["run_id"] == "run-9" and body["failed_task"] == "exit-handler-1"
+
+
+def test_a_failing_step_is_named_with_its_own_error_in_the_record(tmp_path, webhook):
+    """The step's own failure (failures_logged) replaces the platform's group name; the step still fails."""
+    step = {"model_store": str(tmp_path), "model_name": "arcface"}
+    with pytest.raises(FileNotFoundError, match="no-pairs.txt"), \
+            failures_logged("evaluate-model", **step, run_id="run-3"):
+        (tmp_path / "no-pairs.txt").read_text()
+    with failures_logged("train-model", **step, run_id="run-3"):
+        pass  # a step that succeeds records nothing
+    with pytest.raises(ValueError), failures_logged("train-model", **step, run_id="run-2"):
+        raise ValueError("lr")  # another run's failure is not this run's
+    hook = webhook()
+    platform = run_end_record(state="FAILED", run_id="run-3", task="exit-handler-1", error_code=1,
+                              error_message="Task exit-handler-1 failed.", model_name="arcface")
+    report_run_end(platform, model_store=str(tmp_path), notify_url=hook.url)
+    record = ModelStore(tmp_path, "arcface").runs()[-1]
+    assert record["failed_task"] == "evaluate-model"
+    assert record["error_message"].startswith("FileNotFoundError:") and "no-pairs.txt" in record["error_message"]
+    assert (record["platform_task"], record["platform_message"]) == ("exit-handler-1", "Task exit-handler-1 failed.")
+    assert hook.bodies[0]["failed_task"] == "evaluate-model"
+
+
+def test_without_a_store_a_failing_step_still_fails_with_its_own_error(tmp_path):
+    with pytest.raises(KeyError, match="epochs"), \
+            failures_logged("train-model", model_store="", model_name="arcface", run_id="run-1"):
+        raise KeyError("epochs")
+    assert list(tmp_path.iterdir()) == []
 
 
 @dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)

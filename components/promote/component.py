@@ -20,18 +20,21 @@ def promote_model(exported: Input[Model], evaluation: Input[Metrics], model_stor
         model_store: the store's folder (on a mounted volume). Empty: no store, nothing is promoted.
         model_name: the model's folder in the store.
         keep_versions: versions kept after promoting (0 keeps all).
-        run_id: the pipeline run, recorded in the lineage.
+        run_id: the pipeline run, recorded in the lineage; a failure of this step is recorded under it in the
+            store's run log (arcface.notify.failures_logged), for the exit step.
 
     Returns:
         The new version; 0 when there is no store.
     """
+    from arcface.notify import failures_logged
     from arcface.store import open_store, promote
 
-    store = open_store(model_store, model_name)
-    if store is None:
-        print("promote: no model_store given; the exported model stays in this run's artifacts only")
-        return 0
-    version = promote(exported.path, evaluation.path, store, run_id=run_id, keep=keep_versions,
-                      reason="passed the quality gate")
-    print(f"promote: version {version} of {store.folder} is now current")
-    return version
+    with failures_logged("promote-model", model_store=model_store, model_name=model_name, run_id=run_id):
+        store = open_store(model_store, model_name)
+        if store is None:
+            print("promote: no model_store given; the exported model stays in this run's artifacts only")
+            return 0
+        version = promote(exported.path, evaluation.path, store, run_id=run_id, keep=keep_versions,
+                          reason="passed the quality gate")
+        print(f"promote: version {version} of {store.folder} is now current")
+        return version

@@ -8,7 +8,8 @@ from components.common import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], metrics: Output[Metrics]):
+def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
+                model_store: str = "", model_name: str = "arcface", run_id: str = ""):
     """Train; write checkpoints, logs, the resolved config and both Keras models under ``model.path``.
 
     Args:
@@ -17,22 +18,26 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
         model: the model folder (arcface.contracts.ModelDir): training_model.keras, embedding_model.keras, best/,
             checkpoints/, logs/, config.yaml, metadata.json.
         metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy.
+        model_store, model_name, run_id: where a failure of this step is recorded for the exit step
+            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
     """
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
+    from arcface.notify import failures_logged
     from arcface.train import train
 
-    result = train(from_dict({**config, "save_path": model.path}), ManifestDir.read(manifest.path))
-    metrics.log_metric("epochs_completed", result.epochs_completed)
-    metrics.log_metric("steps", result.steps)
-    metrics.log_metric("images_per_second", round(float(result.images_per_second), 3))
-    if result.best_val_accuracy is not None:
-        metrics.log_metric("best_val_accuracy", float(result.best_val_accuracy))
-    if result.history:
-        last = result.history[-1]
-        for key in ("loss", "accuracy", "val_accuracy"):
-            if last.get(key) is not None:
-                metrics.log_metric(f"final_{key}", float(last[key]))
-    model.metadata.update({"framework": "tensorflow", "backbone": config["backbone"],
-                           "margin": config["margin"], "stopped": result.stopped,
-                           "manifest_sha256": result.manifest_sha256})
+    with failures_logged("train-model", model_store=model_store, model_name=model_name, run_id=run_id):
+        result = train(from_dict({**config, "save_path": model.path}), ManifestDir.read(manifest.path))
+        metrics.log_metric("epochs_completed", result.epochs_completed)
+        metrics.log_metric("steps", result.steps)
+        metrics.log_metric("images_per_second", round(float(result.images_per_second), 3))
+        if result.best_val_accuracy is not None:
+            metrics.log_metric("best_val_accuracy", float(result.best_val_accuracy))
+        if result.history:
+            last = result.history[-1]
+            for key in ("loss", "accuracy", "val_accuracy"):
+                if last.get(key) is not None:
+                    metrics.log_metric(f"final_{key}", float(last[key]))
+        model.metadata.update({"framework": "tensorflow", "backbone": config["backbone"],
+                               "margin": config["margin"], "stopped": result.stopped,
+                               "manifest_sha256": result.manifest_sha256})

@@ -14,8 +14,8 @@ from components.common import LIGHT_IMAGE
 
 
 @dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)
-def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
-                  report: Output[Markdown]) -> NamedTuple("ValidateOutputs", [("config", dict)]):
+def validate_data(config: dict, data_root: str, manifest: Output[Dataset], report: Output[Markdown],
+                  model_store: str = "", model_name: str = "arcface", run_id: str = "") -> NamedTuple("ValidateOutputs", [("config", dict)]):
     """Validate the config and the data; return the resolved config for the train step.
 
     Args:
@@ -24,6 +24,8 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
         manifest: folder artifact (arcface.contracts.ManifestDir): the manifest (the images training may
             read, with their hashes) and the report as JSON and Markdown.
         report: the same report as Markdown, for the KFP UI.
+        model_store, model_name, run_id: where a failure of this step is recorded for the exit step
+            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
 
     Returns:
         config: the validated TrainConfig as a dict, with train_data and validation_data resolved to absolute folders.
@@ -34,18 +36,20 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset],
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
     from arcface.data import resolve_roots, run_validation
+    from arcface.notify import failures_logged
 
-    values = dict(config)  # members arrive as strings ('3.0' for an int): from_dict converts and checks them
-    if data_root:
-        values.update(train_data=data_root, validation_data=data_root)
-    checked = from_dict(values).validate()
-    train_root, validation_root = resolve_roots(checked.train_data, checked.validation_data)
-    result = run_validation(train_root, validation_root, manifest.path, n_classes=checked.n_classes,
-                            min_images=checked.min_images, strict=checked.strict)
-    shutil.copyfile(ManifestDir.report_markdown_file(manifest.path), report.path)
-    counts = result.report["counts"]
-    manifest.metadata.update({"sha256": result.manifest.sha256, "n_classes": len(result.manifest.class_names),
-                              "train_images": counts["train"]["images"],
-                              "validation_images": counts["validation"]["images"], "clean": result.ok})
-    resolved = checked.replace(train_data=train_root, validation_data=validation_root)
-    return namedtuple("ValidateOutputs", ["config"])(resolved.to_dict())
+    with failures_logged("validate-data", model_store=model_store, model_name=model_name, run_id=run_id):
+        values = dict(config)  # members arrive as strings ('3.0' for an int): from_dict converts and checks them
+        if data_root:
+            values.update(train_data=data_root, validation_data=data_root)
+        checked = from_dict(values).validate()
+        train_root, validation_root = resolve_roots(checked.train_data, checked.validation_data)
+        result = run_validation(train_root, validation_root, manifest.path, n_classes=checked.n_classes,
+                                min_images=checked.min_images, strict=checked.strict)
+        shutil.copyfile(ManifestDir.report_markdown_file(manifest.path), report.path)
+        counts = result.report["counts"]
+        manifest.metadata.update({"sha256": result.manifest.sha256, "n_classes": len(result.manifest.class_names),
+                                  "train_images": counts["train"]["images"],
+                                  "validation_images": counts["validation"]["images"], "clean": result.ok})
+        resolved = checked.replace(train_data=train_root, validation_data=validation_root)
+        return namedtuple("ValidateOutputs", ["config"])(resolved.to_dict())

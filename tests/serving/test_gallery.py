@@ -75,7 +75,7 @@ def test_enroll_embeds_only_new_or_changed_images(export_dir, sample_dir, tmp_pa
 @pytest.mark.shared
 def test_orl_index_equals_brute_force_exact_and_hnsw(export_dir, sample_dir, shared_faces, tmp_path):
     """ORL's 40 people (7 images each enrolled) plus the sample; the held-out images 8-10 of every ORL
-    person are the probes. Exact search must equal numpy's brute-force cosine ranking; HNSW must agree."""
+    person are the probes. Exact search must equal numpy's brute-force cosine ranking; HNSW and IVF must agree."""
     gallery = tmp_path / "people"
     probes = []
     for person in sorted((shared_faces / "orl_faces").iterdir()):
@@ -100,9 +100,33 @@ def test_orl_index_equals_brute_force_exact_and_hnsw(export_dir, sample_dir, sha
         np.testing.assert_allclose([m.score for m in matches], np.sort(row)[::-1][:5], atol=1e-5)
         np.testing.assert_allclose([m.score for m in matches], [row[rows[m.path]] for m in matches], atol=1e-5)
         assert all(m.identity == m.path.split("/")[0] for m in matches)
-    approximate = search_index(model, GalleryIndex.load(tmp_path / "hnsw"), probes, top_k=1)
-    recall = np.mean([abs(a[0].score - e[0].score) < 1e-5 for a, e in zip(approximate, found, strict=True)])
-    assert recall >= 0.99, f"HNSW recall@1 {recall:.3f} against exact search"
+    enroll(model, str(gallery), str(tmp_path / "ivf"), kind="ivf")
+    for kind in ("hnsw", "ivf"):
+        approximate = search_index(model, GalleryIndex.load(tmp_path / kind), probes, top_k=1)
+        recall = np.mean([abs(a[0].score - e[0].score) < 1e-5 for a, e in zip(approximate, found, strict=True)])
+        assert recall >= 0.99, f"{kind} recall@1 {recall:.3f} against exact search"
+
+
+def test_ivf_scans_a_few_cells_and_still_finds_the_nearest_face():
+    """A gallery shaped like faces: 1,000 identities of 20 embeddings each around the identity's centre (cosine
+    ~0.8 to it); each probe is a new embedding of an enrolled identity. IVF scans a fraction of its cells
+    and must find what numpy's brute force finds."""
+    from arcface.gallery import build_faiss
+
+    rng = np.random.default_rng(3)
+
+    def around(centres: np.ndarray) -> np.ndarray:
+        x = centres + rng.standard_normal(centres.shape).astype(np.float32) * 0.75 / np.sqrt(centres.shape[1])
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    centres = around(np.zeros((1000, 128), np.float32) + 1e-3)  # random unit centres
+    vectors = around(np.repeat(centres, 20, axis=0))
+    probes = around(centres[rng.choice(len(centres), 300, replace=False)])
+    truth = np.argmax(probes @ vectors.T, axis=1)  # brute force
+    index = build_faiss(vectors, "ivf")
+    assert index.nprobe * 4 <= index.nlist  # approximate: at most a quarter of the cells is scanned
+    _, found = index.search(probes, 1)
+    assert np.mean(found[:, 0] == truth) >= 0.95
 
 
 def test_another_model_is_refused(export_dir, sample_dir, tmp_path):
