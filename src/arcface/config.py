@@ -18,6 +18,7 @@ from typing import Any
 BACKBONES = ("ResNet50", "ResNet100", "VGG16", "ResNet18", "ResNet34", "MobileFaceNet", "TinyFaceNet")
 OPTIMIZERS = ("SGD", "Adam")
 MARGINS = ("arcface", "cosface", "sphereface", "combined", "softmax")
+MARGIN_GRADIENTS = ("exact", "straight_through")
 SCHEDULES = ("cosine", "step", "poly", "constant")
 ALIGN_METHODS = ("mtcnn", "none")  # arcface.data.align.METHODS (not imported: it needs numpy)
 
@@ -55,6 +56,9 @@ class TrainConfig:
     margin_m1: float = _field(1.0, "combined margin only: multiplicative angular margin m1")
     margin_m3: float = _field(0.0, "combined margin only: additive cosine margin m3")
     easy_margin: bool = _field(False, "arcface: keep cos(theta) where theta > pi/2 instead of the fallback")
+    margin_gradient: str = _field("exact", "exact: the margin's own gradient; straight_through: the margin's "
+                                           "value with the plain cosine's gradient (insightface's "
+                                           "CombinedMarginLoss)", choices=MARGIN_GRADIENTS)
     sample_rate: float = _field(1.0, "Partial-FC: fraction of class centres used per step (1.0 = full softmax)")
     pretrained: bool = _field(False, "VGG16 only: start from ImageNet weights (needs network access)")
     # --- data ----------------------------------------------------------------------------------------

@@ -85,3 +85,59 @@ def test_arcface_penalises_the_true_class():
     logits = margin_logits(cos, tf.constant([0]), 10.0, 1.0, 0.5, 0.0).numpy()
     assert logits[0, 0] == pytest.approx(10 * math.cos(math.acos(0.8) + 0.5), rel=1e-5)
     assert logits[0, 1] == pytest.approx(1.0, rel=1e-5)
+
+
+def _logits_and_gradient(cos, labels, upstream, gradient):
+    cos = tf.constant(cos)
+    with tf.GradientTape() as tape:
+        tape.watch(cos)
+        logits = margin_logits(cos, tf.constant(labels), 64.0, 1.0, 0.5, 0.0, gradient=gradient)
+        loss = tf.reduce_sum(logits * upstream)
+    return logits.numpy(), tape.gradient(loss, cos).numpy()
+
+
+def test_straight_through_margin_has_the_margins_value_and_the_cosines_gradient():
+    """insightface's CombinedMarginLoss: s*cos(theta+m) forward, d(s*cos theta) backward; both against NumPy."""
+    rng = np.random.default_rng(2)
+    cos = rng.uniform(-0.99, 0.99, (16, 6)).astype(np.float32)
+    labels = rng.integers(0, 6, 16)
+    upstream = rng.normal(size=(16, 6)).astype(np.float32)
+    rows = np.arange(16)
+    want = 64.0 * cos.astype(np.float64)
+    want[rows, labels] = 64.0 * reference_target(cos[rows, labels], 1.0, 0.5, 0.0)
+    exact_logits, exact_grad = _logits_and_gradient(cos, labels, upstream, "exact")
+    st_logits, st_grad = _logits_and_gradient(cos, labels, upstream, "straight_through")
+    np.testing.assert_allclose(st_logits, want, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(st_logits, exact_logits, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(st_grad, 64.0 * upstream, rtol=1e-6)  # d(s*cos)/dcos = s, every class
+    # The exact margin is unchanged: d cos(theta+m)/d cos(theta) = sin(theta+m)/sin(theta) on the true class
+    # (theta+m <= pi here unless the fallback cos - m*sin(m) applies, whose derivative is 1).
+    theta = np.arccos(cos[rows, labels].astype(np.float64))
+    slope = np.where(theta + 0.5 <= math.pi, np.sin(theta + 0.5) / np.sin(theta), 1.0)
+    want_grad = 64.0 * upstream.astype(np.float64)
+    want_grad[rows, labels] *= slope
+    np.testing.assert_allclose(exact_grad, want_grad, rtol=1e-3, atol=1e-3)
+    assert np.abs(exact_grad - st_grad).max() > 1.0  # the two really differ
+
+
+def test_straight_through_head_trains_like_the_plain_cosine_head():
+    """Gradients for embeddings and centres through MarginHead equal those of s*cos(theta) (no margin)."""
+    from arcface.models.heads import MarginHead
+
+    rng = np.random.default_rng(4)
+    embeddings = tf.Variable(rng.normal(size=(8, 16)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 5, 8))
+    upstream = tf.constant(rng.normal(size=(8, 5)).astype(np.float32))
+    head = MarginHead(5, scale=64.0, m2=0.5, margin_gradient="straight_through")
+    head.build([(8, 16), (8,)])
+
+    def gradients(with_labels: bool):
+        with tf.GradientTape() as tape:
+            logits = head([embeddings, labels]) if with_labels else head(embeddings)
+            loss = tf.reduce_sum(logits * upstream)
+        return [g.numpy() for g in tape.gradient(loss, [embeddings, head.centers])]
+
+    for margin, plain in zip(gradients(True), gradients(False), strict=True):
+        np.testing.assert_allclose(margin, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="margin gradient"):
+        margin_logits(tf.zeros([1, 2]), tf.constant([0]), 64.0, 1.0, 0.5, 0.0, gradient="approximate")

@@ -29,7 +29,8 @@ def build_head(config) -> keras.layers.Layer:
         return SoftmaxHead(config.n_classes, name="head")
     m1, m2, m3 = config.margins
     return MarginHead(config.n_classes, scale=config.enhance, m1=m1, m2=m2, m3=m3,
-                      easy_margin=config.easy_margin, sample_rate=config.sample_rate, name="head")
+                      easy_margin=config.easy_margin, sample_rate=config.sample_rate,
+                      margin_gradient=config.margin_gradient, name="head")
 
 
 def build_models(config) -> tuple[keras.Model, keras.Model]:

@@ -23,6 +23,8 @@ class MarginHead(keras.layers.Layer):
         m1, m2, m3: multiplicative angular, additive angular and additive cosine margins.
         easy_margin: apply the margin only where cos(theta) > 0 instead of the monotonic fallback.
         sample_rate: Partial-FC; fraction of class centres a training step looks at (1.0 = all).
+        margin_gradient: "exact", or "straight_through": the margin's value with the plain cosine's gradient
+            (insightface's CombinedMarginLoss); see arcface.models.margins.
 
     Call arguments:
         inputs: ``[embeddings, labels]`` (labels may be omitted at inference, which gives s*cos(theta)).
@@ -35,13 +37,14 @@ class MarginHead(keras.layers.Layer):
     """
 
     def __init__(self, n_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
-                 easy_margin: bool = False, sample_rate: float = 1.0, **kwargs):
+                 easy_margin: bool = False, sample_rate: float = 1.0, margin_gradient: str = "exact", **kwargs):
         super().__init__(**kwargs)
         self.n_classes = int(n_classes)
         self.scale = float(scale)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
         self.easy_margin = bool(easy_margin)
         self.sample_rate = float(sample_rate)
+        self.margin_gradient = str(margin_gradient)
 
     def build(self, input_shape):
         embedding_shape = input_shape[0] if isinstance(input_shape, list | tuple) and isinstance(
@@ -60,7 +63,8 @@ class MarginHead(keras.layers.Layer):
         return tf.matmul(x, centers, transpose_b=True) / norms
 
     def logits(self, cos_theta: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        return margin_logits(cos_theta, labels, self.scale, self.m1, self.m2, self.m3, self.easy_margin)
+        return margin_logits(cos_theta, labels, self.scale, self.m1, self.m2, self.m3, self.easy_margin,
+                             self.margin_gradient)
 
     def sample_centers(self, labels: tf.Tensor):
         """Partial-FC: every class in the batch plus about ``sample_rate * n_classes`` random other classes.
@@ -91,7 +95,8 @@ class MarginHead(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "n_classes": self.n_classes, "scale": self.scale, "m1": self.m1,
-                "m2": self.m2, "m3": self.m3, "easy_margin": self.easy_margin, "sample_rate": self.sample_rate}
+                "m2": self.m2, "m3": self.m3, "easy_margin": self.easy_margin, "sample_rate": self.sample_rate,
+                "margin_gradient": self.margin_gradient}
 
 
 @keras.saving.register_keras_serializable(package="arcface")

@@ -2,6 +2,11 @@
 
 ArcFace (m1=1, m2=m, m3=0, arXiv 1801.07698), CosFace (m1=1, m2=0, m3=m) and SphereFace-style (m1=m, m2=0,
 m3=0) margins are all this one function, as in insightface's ``CombinedMarginLoss``.
+
+Its gradient comes in two kinds (``margin_gradient``): ``exact``, the derivative of s*cos(m1*theta + m2) - s*m3,
+and ``straight_through``, the forward value of the margin with the gradient of the plain s*cos(theta), which is
+what ``CombinedMarginLoss`` computes: it rewrites the logits in place under ``torch.no_grad()``, so autograd
+sees only the cosine.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
+
+from arcface.config import MARGIN_GRADIENTS as GRADIENTS
 
 # acos has an infinite derivative at +-1; keeping cos inside (-1, 1) by this much bounds it (at ~2.2e3 in
 # float32) and keeps both value and gradient finite for perfectly aligned or opposite vectors.
@@ -42,10 +49,17 @@ def combined_margin_target(cos_theta: tf.Tensor, m1: float, m2: float, m3: float
 
 
 def margin_logits(cos_theta: tf.Tensor, labels: tf.Tensor, scale: float, m1: float, m2: float, m3: float,
-                  easy_margin: bool = False) -> tf.Tensor:
-    """s * (margin target for the true class, cos(theta) for every other class)."""
+                  easy_margin: bool = False, gradient: str = "exact") -> tf.Tensor:
+    """s * (margin target for the true class, cos(theta) for every other class).
+
+    ``gradient="straight_through"``: the same values, differentiated as if the margin were not there.
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"margin gradient {gradient!r} is unknown; use one of {', '.join(GRADIENTS)}")
     cos_theta = tf.cast(cos_theta, tf.float32)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     one_hot = tf.equal(tf.range(tf.shape(cos_theta)[-1])[None, :], labels[:, None])
     target = combined_margin_target(cos_theta, m1, m2, m3, easy_margin)
+    if gradient == "straight_through":
+        target = cos_theta + tf.stop_gradient(target - cos_theta)
     return scale * tf.where(one_hot, target, cos_theta)
