@@ -77,6 +77,8 @@ class TrainConfig:
     schedule: str = _field("cosine", "learning-rate decay after warm-up", choices=SCHEDULES)
     warmup_epochs: float = _field(1.0, "linear warm-up length in epochs (0 to disable)")
     clipnorm: float = _field(0.0, "clip gradients to this global norm (0 disables)")
+    backbone_clipnorm: float = _field(0.0, "clip the backbone's gradients (not the head's) to this norm, as the "
+                                           "reference trainer does with 5 (0 disables)")
     label_smoothing: float = _field(0.0, "label smoothing of the softmax cross-entropy")
     # --- run control ---------------------------------------------------------------------------------
     seed: int = _field(42, "seed for initialization, shuffling, augmentation and pair sampling")
@@ -265,6 +267,8 @@ def _problems(c: TrainConfig) -> Iterable[str]:
         yield bad("warmup_epochs", "must be >= 0")
     if c.clipnorm < 0:
         yield bad("clipnorm", "must be >= 0 (0 disables clipping)")
+    if c.backbone_clipnorm < 0:
+        yield bad("backbone_clipnorm", "must be >= 0 (0 disables clipping)")
     if not 0 <= c.label_smoothing < 1:
         yield bad("label_smoothing", "must be in [0, 1)")
     if c.max_minutes < 0:

@@ -320,6 +320,8 @@ class Trainer:
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.decayed = [v for v in decayed_variables(self.training_model)
                         if not (self.partial_fc and v is self.head.centers)]
+        in_backbone = {id(v) for v in self.backbone.trainable_variables}
+        self.backbone_positions = [i for i, v in enumerate(self.dense_variables) if id(v) in in_backbone]
         self.history = History()
         self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
                                               epoch=self.epoch, step_in_epoch=self.step_in_epoch,
@@ -373,6 +375,8 @@ class Trainer:
                 scaled = self.optimizer.scale_loss(loss) if config.mixed_precision else loss
             variables = self.dense_variables + ([head.centers.value] if self.partial_fc else [])
             grads = tape.gradient(scaled, variables)
+            if config.backbone_clipnorm > 0:
+                grads = self._clip_backbone(grads)
             if self.partial_fc:
                 center_grad = grads.pop()
                 # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
@@ -390,6 +394,18 @@ class Trainer:
                     self.strategy.reduce(reduce, correct, axis=None))
 
         return tf.function(step, jit_compile=config.jit_compile or None, reduce_retracing=True)
+
+    def _clip_backbone(self, grads: list) -> list:
+        """The reference trainer's clip_grad_norm_(backbone, 5): the backbone's gradients only, so the head's
+        (large while the class centres are small, early on) neither counts towards the norm nor is clipped."""
+        limit = self.config.backbone_clipnorm
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):  # still scaled here
+            limit = limit * tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        clipped, _ = tf.clip_by_global_norm([grads[i] for i in self.backbone_positions], limit)
+        grads = list(grads)
+        for i, g in zip(self.backbone_positions, clipped, strict=True):
+            grads[i] = g
+        return grads
 
     # -- evaluation during training ------------------------------------------------------------------------
     def validation_accuracy(self) -> float | None:

@@ -145,6 +145,30 @@ def test_weight_decay_is_in_the_loss(tiny_manifest, tmp_path):
     assert float(decay) == pytest.approx(expected, rel=1e-4), "the step's loss carries the decay term"
 
 
+def test_backbone_clipnorm_bounds_the_backbone_step_and_leaves_the_head_alone(tiny_manifest, tmp_path):
+    """Plain SGD (no momentum): one step moves the backbone by lr * its clipped gradient, so the backbone's weight
+    change has norm <= lr * backbone_clipnorm; the head's centres are not clipped (they move as without it)."""
+    from arcface import data
+
+    images, labels = next(iter(data.make_dataset(tiny_manifest, "train", image_size=48, batch_size=8,
+                                                 training=False)))
+    moved = {}
+    for limit in (0.0, 1e-3):
+        trainer = Trainer(tiny_config(tmp_path / f"clip{limit}", momentum=0.0, backbone_clipnorm=limit,
+                                      augment=False), tiny_manifest, verbose=0)
+        backbone = [v.numpy() for v in trainer.backbone.trainable_variables]
+        centers = trainer.head.centers.numpy()
+        lr = float(trainer.optimizer.learning_rate)
+        trainer._train_step(images, labels)
+        moved[limit] = (np.sqrt(sum(float(np.sum((v.numpy() - b) ** 2))
+                                    for v, b in zip(trainer.backbone.trainable_variables, backbone, strict=True))),
+                        trainer.head.centers.numpy() - centers, lr)
+    step, centers_step, lr = moved[1e-3]
+    assert step <= lr * 1e-3 * (1 + 1e-4)
+    assert moved[0.0][0] > 10 * step  # without the clip the backbone moves far more
+    np.testing.assert_allclose(centers_step, moved[0.0][1], rtol=1e-4, atol=1e-7)
+
+
 def test_use_param_folder_loads_backbone_and_reinitializes_a_different_head(tiny_manifest, tmp_path):
     train(tiny_config(tmp_path / "source", epochs=1), tiny_manifest, verbose=0)
     source = Trainer(tiny_config(tmp_path / "unused"), tiny_manifest, verbose=0)
