@@ -1,10 +1,16 @@
 """Training speed: images/s per backbone, and Partial-FC step time with 1e3 vs 1e6 identities.
 
     python benchmarks/bench_train.py --out benchmarks/results/train_cpu.json
-    python benchmarks/bench_train.py --backbones ResNet50 --batch_size 128 --mixed_precision   # on a GPU
+    python benchmarks/bench_train.py --backbones ResNet50 --batch_size 128 --precision auto   # on a GPU
+    python benchmarks/bench_train.py --compare-precisions --out benchmarks/results/precision_cpu.json
 
 Each figure is the median over --steps timed steps after --warmup untimed ones, on synthetic normalized images
 (the input pipeline is measured separately by bench_data.py, so this isolates the model's consumption).
+
+--compare-precisions times the whole training step (backbone, margin head, update) of each backbone (default
+ResNet18, ResNet50, MobileFaceNet) under float32 and under the mixed policy ``--precision=auto`` picks on this
+device, side by side; the JSON records the device's features that decide it (CPU flags, GPU name and compute
+capability). Partial-FC is not timed in that mode.
 """
 
 from __future__ import annotations
@@ -32,6 +38,40 @@ def _trainer(config):
     return Trainer(config, manifest, verbose=0)
 
 
+def device_features() -> dict:
+    """What the precision choice reads: this CPU's relevant flags, and every GPU's name and compute capability."""
+    from arcface import precision
+
+    cpuinfo = precision.read_cpuinfo()
+    cpu = precision.Device("CPU", f"{precision.cpu_name(cpuinfo)} ({os.cpu_count()} cores)",
+                           flags=precision.cpu_flags(cpuinfo))
+    gpus = [d for d in precision.local_devices() if d.kind == "GPU"]
+    return {"cpu": cpu.describe(), "gpus": [g.describe() for g in gpus]}
+
+
+def compare_precisions(names, base: dict, warmup: int, steps: int) -> dict:
+    """float32 and the auto-chosen mixed policy, backbone by backbone (the same config otherwise)."""
+    from arcface import precision
+    from arcface.config import TrainConfig
+
+    auto = precision.choose("auto", precision.local_devices())
+    policies = ["float32"] + ([auto.policy] if auto.policy != "float32" else [])
+    if len(policies) == 1:
+        print(f"auto chose float32 here ({auto.reason}): only float32 is timed", file=sys.stderr)
+    out: dict = {"auto": auto.to_dict(), "policies": policies, "backbones": {}}
+    for name in names:
+        figures = {}
+        for policy in policies:
+            config = TrainConfig(**{**base, "backbone": name, "precision": policy, "mixed_precision": False})
+            figures[policy] = time_steps(config, warmup, steps)
+            print(f"{name} {policy}: {figures[policy]['images_per_second']:.1f} img/s", file=sys.stderr)
+        if len(policies) == 2:
+            figures[f"speedup_{policies[1]}_vs_float32"] = (figures["float32"]["median_step_s"]
+                                                            / figures[policies[1]]["median_step_s"])
+        out["backbones"][name] = figures
+    return out
+
+
 def time_steps(config, warmup: int, steps: int) -> dict:
     import numpy as np
     import tensorflow as tf
@@ -43,24 +83,31 @@ def time_steps(config, warmup: int, steps: int) -> dict:
     labels = tf.constant(rng.integers(0, config.n_classes, config.batch_size), tf.int32)
     for _ in range(warmup):
         float(trainer._train_step(images, labels)[0])
-    times = []
+    times, losses = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        float(trainer._train_step(images, labels)[0])  # float() waits for the step to finish
+        losses.append(float(trainer._train_step(images, labels)[0]))  # float() waits for the step to finish
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     return {"median_step_s": median, "images_per_second": config.batch_size / median,
-            "steps_timed": steps, "min_step_s": min(times), "max_step_s": max(times)}
+            "steps_timed": steps, "min_step_s": min(times), "max_step_s": max(times),
+            "policy": trainer.precision.policy, "last_loss": losses[-1] if losses else None}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", default="MobileFaceNet,ResNet18,ResNet34,ResNet50,ResNet100,VGG16")
+    parser.add_argument("--backbones", default=None,
+                        help="comma-separated (default: MobileFaceNet,ResNet18,ResNet34,ResNet50,ResNet100,VGG16; "
+                             "with --compare-precisions: ResNet18,ResNet50,MobileFaceNet)")
     parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_float16", "mixed_bfloat16",
+                                                                    "auto"))
+    parser.add_argument("--mixed_precision", action="store_true", help="the same as --precision auto")
+    parser.add_argument("--compare-precisions", dest="compare_precisions", action="store_true",
+                        help="float32 and the auto mixed policy side by side (see above)")
     parser.add_argument("--jit_compile", action="store_true")
     parser.add_argument("--partial_fc_backbone", default="TinyFaceNet",
                         help="small backbone for the 1e3 vs 1e6 identities comparison ('' to skip)")
@@ -75,16 +122,25 @@ def main(argv=None) -> int:
     gpus = tf.config.list_physical_devices("GPU")
     device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
               else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})")
+    requested = "auto" if args.mixed_precision else args.precision
     result = {"benchmark": "train", "package_version": __version__, "tensorflow": tf.__version__,
-              "device": device, "image_size": args.image_size, "batch_size": args.batch_size,
-              "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile, "backbones": {}}
+              "device": device, "device_features": device_features(), "image_size": args.image_size,
+              "batch_size": args.batch_size, "jit_compile": args.jit_compile}
     base = dict(n_classes=1000, image_size=args.image_size, batch_size=args.batch_size, dropout=0.0,
-                mixed_precision=args.mixed_precision, jit_compile=args.jit_compile, save_path="/tmp/arcface-bench",
+                precision=requested, jit_compile=args.jit_compile, save_path="/tmp/arcface-bench",
                 warmup_epochs=0.0)
-    for name in filter(None, args.backbones.split(",")):
-        figures = time_steps(TrainConfig(backbone=name, **base), args.warmup, args.steps)
-        result["backbones"][name] = figures
-        print(f"{name}: {figures['images_per_second']:.1f} img/s", file=sys.stderr)
+    if args.compare_precisions:
+        names = (args.backbones if args.backbones is not None else "ResNet18,ResNet50,MobileFaceNet").split(",")
+        result["precision_comparison"] = compare_precisions([n for n in names if n], base, args.warmup, args.steps)
+        args.partial_fc_backbone = ""
+    else:
+        result.update(precision=requested, backbones={})
+        names = (args.backbones if args.backbones is not None
+                 else "MobileFaceNet,ResNet18,ResNet34,ResNet50,ResNet100,VGG16").split(",")
+        for name in filter(None, names):
+            figures = time_steps(TrainConfig(backbone=name, **base), args.warmup, args.steps)
+            result["backbones"][name] = figures
+            print(f"{name}: {figures['images_per_second']:.1f} img/s", file=sys.stderr)
 
     if args.partial_fc_backbone:
         pfc = {}

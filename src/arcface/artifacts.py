@@ -76,16 +76,23 @@ def save_keras(model, path: str | os.PathLike) -> None:
 
 
 def load_keras(path: str | os.PathLike):
-    """Load a .keras file with safe mode on: a file that carries code (a Lambda layer) is refused."""
+    """Load a .keras file with safe mode on: a file that carries code (a Lambda layer) is refused.
+
+    The model computes in float32 whatever policy it was saved under (one saved by hand under mixed_bfloat16,
+    or by the trainer before it saved float32 copies): evaluation, export and serving compute as they always
+    did, and TFLite and ONNX get float32 graphs.
+    """
     import keras
 
     from arcface.models import CUSTOM_OBJECTS
+    from arcface.precision import float32_model
 
     path = str(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"model file {path} does not exist")
     try:
-        return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+        return float32_model(
+            keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True))
     except ValueError as e:
         if "safe_mode" in str(e) or "lambda" in str(e).lower():
             raise ModelLoadError(

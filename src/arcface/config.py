@@ -15,12 +15,15 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from arcface.precision import CHOICES
+
 BACKBONES = ("ResNet50", "ResNet100", "VGG16", "ResNet18", "ResNet34", "MobileFaceNet", "TinyFaceNet")
 OPTIMIZERS = ("SGD", "Adam")
 MARGINS = ("arcface", "cosface", "sphereface", "combined", "softmax")
 MARGIN_GRADIENTS = ("exact", "straight_through")
 SCHEDULES = ("cosine", "step", "poly", "constant")
 ALIGN_METHODS = ("mtcnn", "none")  # arcface.data.align.METHODS (not imported: it needs numpy)
+PRECISIONS = CHOICES  # arcface.precision (standard library only)
 
 
 class ConfigError(ValueError):
@@ -85,7 +88,12 @@ class TrainConfig:
     max_minutes: float = _field(0.0, "wall-clock training budget in minutes; stop cleanly and save (0: none)")
     resume: bool = _field(True, "continue from the checkpoint in save_path when there is one")
     checkpoint_steps: int = _field(0, "also checkpoint every N steps (0: once per epoch)")
-    mixed_precision: bool = _field(False, "float16 compute with float32 variables (GPU)")
+    precision: str = _field("float32", "compute precision (variables stay float32): float32; mixed_float16 (GPU, "
+                                       "with loss scaling); mixed_bfloat16 (GPUs of compute capability >= 8.0, "
+                                       "CPUs with AVX512-BF16/AMX); auto picks for the device (float32 where "
+                                       "neither pays)", choices=PRECISIONS)
+    mixed_precision: bool = _field(False, "the original flag, now the same as --precision=auto (mixed bfloat16 "
+                                          "or float16 where the device computes it natively, else float32)")
     jit_compile: bool = _field(False, "compile the training step with XLA")
     steps_per_epoch: int = _field(0, "cap on steps per epoch (0: the whole training set)")
 
@@ -100,6 +108,11 @@ class TrainConfig:
             "combined": (self.margin_m1, self.penalty, self.margin_m3),
             "softmax": (1.0, 0.0, 0.0),
         }[self.margin]
+
+    @property
+    def requested_precision(self) -> str:
+        """--precision, or ``auto`` when only the original --mixed_precision flag asks for mixed precision."""
+        return "auto" if self.mixed_precision and self.precision == "float32" else self.precision
 
     def validate(self) -> TrainConfig:
         """Check every value; raise :class:`ConfigError` naming the flag, the value and what is allowed."""
@@ -277,6 +290,9 @@ def _problems(c: TrainConfig) -> Iterable[str]:
         yield bad("checkpoint_steps", "must be >= 0")
     if c.steps_per_epoch < 0:
         yield bad("steps_per_epoch", "must be >= 0")
+    if c.mixed_precision and c.precision not in ("float32", "auto"):
+        yield (f"--mixed_precision means --precision=auto, which disagrees with --precision={c.precision!r}; "
+               "give only one of the two (--precision alone says exactly what to use)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,4 +319,19 @@ def from_args(args) -> TrainConfig:
     """Resolve defaults, then the ``--config`` YAML file, then the flags given; validate the result."""
     base = load_yaml(args.config) if getattr(args, "config", None) else TrainConfig()
     given = {f.name: getattr(args, f.name) for f in fields() if getattr(args, f.name, None) is not None}
-    return from_dict(given, base).validate()
+    return from_dict(_one_precision(given), base).validate()
+
+
+def _one_precision(given: dict[str, Any]) -> dict[str, Any]:
+    """--precision and the original --mixed_precision (= --precision=auto) on one command line: both typed and
+    disagreeing is an error; one typed alone wins over what a --config file says about the other."""
+    if "precision" in given and "mixed_precision" in given:
+        if given["mixed_precision"] and given["precision"] != "auto":
+            raise ConfigError(f"--mixed_precision means --precision=auto, but --precision={given['precision']!r} "
+                              "was given too; drop --mixed_precision (--precision alone says what to use)")
+        return given
+    if "precision" in given:
+        return {**given, "mixed_precision": False}
+    if given.get("mixed_precision"):
+        return {**given, "precision": "auto"}
+    return given

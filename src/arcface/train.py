@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from arcface import __version__, artifacts, atomic
+from arcface import __version__, artifacts, atomic, precision
 from arcface.config import TrainConfig
 from arcface.data import make_dataset
 from arcface.models import MarginHead, build_models
@@ -78,7 +78,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "kind": self.kind}
 
 
-def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
+                   loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+    """The optimizer of ``config``; ``loss_scaling`` (float16 only, never bfloat16) wraps it in a
+    LossScaleOptimizer."""
     schedule = WarmupSchedule(config.lr, total_steps, int(round(config.warmup_epochs * steps_per_epoch)),
                               config.schedule)
     clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
@@ -86,7 +89,7 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int) 
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, **clip)
     else:
         optimizer = keras.optimizers.Adam(schedule, **clip)
-    if config.mixed_precision:
+    if loss_scaling:
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -304,14 +307,17 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
 
-        # The policy is global in Keras: set it both ways, so one mixed-precision run does not leak into the next.
-        keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+        # The policy is global in Keras: set it every time, so one mixed-precision run does not leak into the next.
+        self.precision = precision.choose(config.requested_precision, precision.local_devices())
+        keras.mixed_precision.set_global_policy(self.precision.policy)
+        log.info("precision: %s (%s)", self.precision.policy, self.precision.reason)
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.training_model, self.embedding_model = build_models(config)
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
-            self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch)
+            self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch,
+                                            loss_scaling=self.precision.loss_scaling)
             self.partial_fc = isinstance(self.head, MarginHead) and config.sample_rate < 1
             self.dense_variables = [v for v in self.training_model.trainable_variables
                                     if not (self.partial_fc and v is self.head.centers)]
@@ -346,6 +352,7 @@ class Trainer:
             return loss_fn(labels, logits)
 
         margin_head = isinstance(head, MarginHead)
+        loss_scaling = self.precision.loss_scaling
 
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
@@ -372,7 +379,7 @@ class Trainer:
                 per_example = cross_entropy(targets, logits)
                 ce = tf.reduce_sum(per_example) / global_batch
                 loss = ce + decay / self.replicas
-                scaled = self.optimizer.scale_loss(loss) if config.mixed_precision else loss
+                scaled = self.optimizer.scale_loss(loss) if loss_scaling else loss
             variables = self.dense_variables + ([head.centers.value] if self.partial_fc else [])
             grads = tape.gradient(scaled, variables)
             if config.backbone_clipnorm > 0:
@@ -433,12 +440,18 @@ class Trainer:
             "backbone": self.config.backbone, "margin": self.config.margin,
             # what the model was trained on (from the manifest, not the config): every entrance aligns the same way
             "alignment": self.manifest.alignment or {"method": "none"},
-            "replicas": self.replicas, "global_batch_size": self.config.batch_size, **extra}
+            "replicas": self.replicas, "global_batch_size": self.config.batch_size,
+            # the policy the weights were trained under; the saved .keras models compute in float32
+            "precision": self.precision.to_dict(), **extra}
 
     def save_models(self, folder: str) -> None:
+        """Both models as float32 ones (the same weights): a mixed policy is how they were trained, not how
+        evaluation, export and serving compute with them."""
         os.makedirs(folder, exist_ok=True)
-        artifacts.save_keras(self.training_model, os.path.join(folder, artifacts.TRAINING_MODEL_FILE))
-        artifacts.save_keras(self.embedding_model, os.path.join(folder, artifacts.EMBEDDING_MODEL_FILE))
+        artifacts.save_keras(precision.float32_model(self.training_model),
+                             os.path.join(folder, artifacts.TRAINING_MODEL_FILE))
+        artifacts.save_keras(precision.float32_model(self.embedding_model),
+                             os.path.join(folder, artifacts.EMBEDDING_MODEL_FILE))
 
     def save_weights_h5(self) -> None:
         """The original tool left .h5 weights in save_path; --use_param_folder reads them back."""

@@ -64,6 +64,10 @@ def test_unknown_yaml_key_is_named(tmp_path):
     ({"dropout": 1.0}, r"--dropout=1.0 is out of range"),
     ({"margin": "cosface", "penalty": 1.5}, r"additive cosine margin must be in \[0, 1\)"),
     ({"sample_rate": 0.0}, r"--sample_rate=0.0 is out of range"),
+    ({"precision": "bfloat16"}, r"--precision='bfloat16' is unknown; choose one of: float32, mixed_float16, "
+                                r"mixed_bfloat16, auto"),
+    ({"precision": "mixed_bfloat16", "mixed_precision": True},
+     r"--mixed_precision means --precision=auto, which disagrees with --precision='mixed_bfloat16'"),
 ])
 def test_validation_names_flag_and_range(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -82,6 +86,34 @@ def test_margin_variants_map_to_m1_m2_m3():
     assert TrainConfig(margin="cosface", penalty=0.35).margins == (1.0, 0.0, 0.35)
     assert TrainConfig(margin="sphereface", penalty=1.5).margins == (1.5, 0.0, 0.0)
     assert TrainConfig(margin="combined", margin_m1=1.0, penalty=0.3, margin_m3=0.2).margins == (1.0, 0.3, 0.2)
+
+
+def test_precision_defaults_to_float32_and_the_original_flag_means_auto():
+    assert TrainConfig().precision == "float32" and TrainConfig().requested_precision == "float32"
+    assert parse([]).requested_precision == "float32"
+    assert parse(["--precision=mixed_bfloat16"]).requested_precision == "mixed_bfloat16"
+    legacy = parse(["--mixed_precision"])
+    assert (legacy.precision, legacy.requested_precision) == ("auto", "auto")
+    # As the pipeline passes every field: the flag with the default precision is auto too.
+    assert cfg.from_dict({"mixed_precision": True, "precision": "float32"}).validate().requested_precision == "auto"
+    assert parse(["--mixed_precision", "--precision=auto"]).requested_precision == "auto"
+    assert parse(["--mixed_precision=false", "--precision=mixed_float16"]).requested_precision == "mixed_float16"
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_both_precision_flags_that_disagree_are_an_error(precision):
+    with pytest.raises(ConfigError, match=f"--mixed_precision means --precision=auto, but --precision='{precision}' "
+                                          "was given too; drop --mixed_precision"):
+        parse(["--mixed_precision", f"--precision={precision}"])
+
+
+def test_a_precision_flag_wins_over_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"mixed_precision": True}))
+    assert parse(["--config", str(path)]).requested_precision == "auto"
+    assert parse(["--config", str(path), "--precision=float32"]).requested_precision == "float32"
+    path.write_text(yaml.safe_dump({"precision": "mixed_float16"}))
+    assert parse(["--config", str(path), "--mixed_precision"]).requested_precision == "auto"
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -214,3 +214,42 @@ def test_a_model_that_carries_code_is_refused(tmp_path):
     model.save(folder / artifacts.EMBEDDING_MODEL_FILE)
     with pytest.raises(artifacts.ModelLoadError, match="refusing to load"):
         export(folder, tmp_path / "out", formats=["keras"])
+
+
+def test_a_model_saved_under_mixed_bfloat16_exports_float32_files(sample_dir, tmp_path):
+    """Layers saved computing in bfloat16 (by hand, or by a trainer that did not save float32 copies) are
+    exported as a float32 graph: float32 inputs and outputs in every runtime, and the same embeddings."""
+    import json as json_mod
+    import zipfile
+
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from arcface.precision import computes_in_float32
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model_dir = make_model_dir(tmp_path / "bf16")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with zipfile.ZipFile(model_dir / artifacts.EMBEDDING_MODEL_FILE) as saved:
+        assert "mixed_bfloat16" in saved.read("config.json").decode(), "the file under test computes in bfloat16"
+
+    out = tmp_path / "out"
+    paths = sample_images(sample_dir)[:4]
+    card = export(model_dir, out, formats=["saved_model", "keras", "tflite", "onnx"], check_images=paths)
+    assert set(card["parity"]) == {"saved_model", "saved_model_bytes", "keras", "tflite", "onnx"}
+
+    signature = tf.saved_model.load(str(out / "saved_model")).signatures["embed_tensor"]
+    assert signature.structured_input_signature[1]["image"].dtype == tf.float32
+    assert signature.structured_outputs["embedding"].dtype == tf.float32
+    assert computes_in_float32(artifacts.load_keras(out / "model.keras"))
+    with zipfile.ZipFile(out / "model.keras") as saved:
+        assert "bfloat16" not in json_mod.dumps(json_mod.loads(saved.read("config.json")))
+    interpreter = tf.lite.Interpreter(model_path=str(out / "model.tflite"))
+    assert [d["dtype"] for d in interpreter.get_input_details() + interpreter.get_output_details()] == [
+        np.float32, np.float32]
+    assert not any("bfloat16" in str(d.get("dtype")) for d in interpreter.get_tensor_details())
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [t.type for t in session.get_inputs() + session.get_outputs()] == ["tensor(float)", "tensor(float)"]

@@ -15,7 +15,13 @@ __all__ = ["L2Normalize", "MarginHead", "SoftmaxHead", "available_backbones", "b
 
 @keras.saving.register_keras_serializable(package="arcface")
 class L2Normalize(keras.layers.Layer):
-    """Scales each embedding to unit length, so that a dot product is the cosine similarity."""
+    """Scales each embedding to unit length, so that a dot product is the cosine similarity.
+
+    Always float32 (under a mixed policy too): the embedding every consumer reads is a float32 unit vector.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "dtype": "float32"})
 
     def call(self, x):
         return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)

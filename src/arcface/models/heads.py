@@ -33,12 +33,16 @@ class MarginHead(keras.layers.Layer):
         >>> head = MarginHead(10, scale=64.0, m2=0.5)
         >>> logits = head([tf.random.normal([4, 512]), tf.constant([0, 1, 2, 3])])
 
+    The head computes in float32 under any precision policy (its ``dtype`` is always float32): the embedding
+    is cast up on the way in, and the cosines, the margin and the logits the loss reads are float32, so a
+    mixed_bfloat16 or mixed_float16 backbone rounds only its own output.
+
     Reference: Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019.
     """
 
     def __init__(self, n_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
                  easy_margin: bool = False, sample_rate: float = 1.0, margin_gradient: str = "exact", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{**kwargs, "dtype": "float32"})
         self.n_classes = int(n_classes)
         self.scale = float(scale)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
@@ -108,17 +112,19 @@ class SoftmaxHead(keras.layers.Layer):
 
     Call arguments:
         inputs: ``[embeddings, labels]`` or ``embeddings``; the labels are ignored.
+
+    Like :class:`MarginHead`, it computes in float32 under any precision policy.
     """
 
     def __init__(self, n_classes: int, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{**kwargs, "dtype": "float32"})
         self.n_classes = int(n_classes)
         self.sample_rate = 1.0
 
     def build(self, input_shape):
         embedding_shape = input_shape[0] if isinstance(input_shape, list | tuple) and isinstance(
             input_shape[0], list | tuple) else input_shape
-        self.dense = keras.layers.Dense(self.n_classes, name="classifier")
+        self.dense = keras.layers.Dense(self.n_classes, name="classifier", dtype="float32")
         self.dense.build(tuple(embedding_shape))
 
     def call(self, inputs):
