@@ -2,6 +2,7 @@
 
     python pipeline.py compile [--output arcface_pipeline.yaml] [--gpu nvidia.com/gpu --gpu-count 1]
                                [--node-selector K=V] [--toleration KEY[=VALUE]:EFFECT] [--pvc NAME --pvc-mount /data]
+                               [--workers N --gpus-per-worker G --tfjob-timeout MINUTES]   # a TFJob, needs --pvc
     python pipeline.py run --local [--config YAML] [--data sample/orl] [--param k=v ...] [--output runs/local]
     python pipeline.py run --docker [same options]     # every step in its image (kfp.local.DockerRunner)
     python pipeline.py submit --host URL [--experiment NAME] [--namespace NS] [--token T] [--param k=v ...]
@@ -64,6 +65,14 @@ def _add_deploy_options(p: argparse.ArgumentParser) -> None:
                    help="taint the train step tolerates, e.g. nvidia.com/gpu:NoSchedule (repeatable)")
     g.add_argument("--pvc", metavar="NAME", help="PersistentVolumeClaim holding the data, mounted in every step")
     g.add_argument("--pvc-mount", default="/data", metavar="PATH", help="where the PVC is mounted (default /data)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="train on N pods: N>1 turns the train step into a launcher of a Kubeflow Training Operator "
+                        "TFJob with N workers (MultiWorkerMirroredStrategy; needs --pvc). Default 1: one train pod")
+    g.add_argument("--gpus-per-worker", type=int, default=0, metavar="G",
+                   help="accelerators of each TFJob worker (resource --gpu, default nvidia.com/gpu; G>0 also "
+                        "switches the workers to the GPU image). Default 0")
+    g.add_argument("--tfjob-timeout", type=float, default=DeployOptions.tfjob_timeout_minutes, metavar="MINUTES",
+                   help="the launcher deletes the TFJob and fails after this many minutes (default 3 days)")
 
 
 def deploy_options(args: argparse.Namespace) -> DeployOptions:
@@ -75,7 +84,8 @@ def deploy_options(args: argparse.Namespace) -> DeployOptions:
         selectors.append((key, value))
     return DeployOptions(gpu_type=args.gpu, gpu_count=args.gpu_count, node_selector=tuple(selectors),
                          tolerations=tuple(Toleration.parse(t) for t in args.toleration), pvc_name=args.pvc,
-                         pvc_mount_path=args.pvc_mount)
+                         pvc_mount_path=args.pvc_mount, workers=args.workers,
+                         gpus_per_worker=args.gpus_per_worker, tfjob_timeout_minutes=args.tfjob_timeout)
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
 """The pipeline's DAG: its parameters (generated from the config), its steps, and their cluster placement.
 
 validate -> align -> train -> evaluate (new model and the store's champion, same pairs) -> quality gate ->
-(dsl.If) export -> promote, all under a dsl.ExitHandler whose step records how the run ended. Every field of
+(dsl.If) export -> promote, all under a dsl.ExitHandler whose step records how the run ended. With ``workers`` > 1
+(``pipeline.py compile --workers N``) the train step is a launcher that trains on N pods as a Training Operator
+TFJob and hands on the chief's model folder (components/launch_tfjob, arcface.launch). Every field of
 :class:`arcface.config.TrainConfig` is a pipeline parameter with the same name, type and default (the signature is
 generated from ``arcface.config.fields()``, so a new flag is a new parameter), plus the few that only the pipeline
 has (:data:`PIPELINE_PARAMETERS`: data_root, pairs, the quality gate, export).
@@ -21,9 +23,10 @@ from kfp import compiler, dsl
 
 from arcface import config as cfg
 from components.align import align_faces
-from components.common import GPU_IMAGE
+from components.common import CPU_IMAGE, GPU_IMAGE
 from components.evaluate import evaluate_model, quality_gate
 from components.export import export_model
+from components.launch_tfjob import launch_tfjob
 from components.notify import report_run_end
 from components.promote import promote_model
 from components.train import train_model
@@ -61,13 +64,14 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
 # Step settings. Caching is off everywhere: validate and the gate read things their cache key cannot see (the
 # images under data_root, the champion in model_store), training must never be skipped, evaluate/export/promote
 # consume the fresh model of this run, so a cache hit is impossible for them anyway, and the exit step must run.
-CACHING = {"validate": False, "align": False, "train": False, "evaluate": False, "gate": False, "export": False,
-           "promote": False, "notify": False}
+CACHING = {"validate": False, "align": False, "train": False, "launch": False, "evaluate": False, "gate": False,
+           "export": False, "promote": False, "notify": False}
 # (cpu request, cpu limit, memory request, memory limit)
 RESOURCES = {
     "validate": ("1", "4", "1Gi", "4Gi"),
     "align": ("2", "4", "4Gi", "8Gi"),
-    "train": ("4", "8", "8Gi", "16Gi"),
+    "train": ("4", "8", "8Gi", "16Gi"),  # also each TFJob worker's (--workers N)
+    "launch": ("250m", "1", "512Mi", "2Gi"),  # the TFJob launcher: API calls and copying folders
     "evaluate": ("2", "4", "4Gi", "8Gi"),
     "gate": ("100m", "500m", "128Mi", "256Mi"),
     "export": ("2", "4", "4Gi", "8Gi"),
@@ -78,8 +82,10 @@ RESOURCES = {
 # Training retries once: with resume on, a retried pod continues from the last checkpoint when the artifact
 # store is a persistent mount, and a genuine bug fails again quickly anyway.
 # Promote is not retried: a retry after its pointer moved would find another champion and refuse anyway.
-RETRIES = {"validate": (2, "30s"), "align": (2, "30s"), "train": (1, "120s"), "evaluate": (2, "30s"),
-           "gate": (2, "10s"), "export": (2, "30s"), "promote": (0, "0s"), "notify": (2, "10s")}
+# A retried TFJob launcher follows the job its first attempt created (the job is named after the run).
+RETRIES = {"validate": (2, "30s"), "align": (2, "30s"), "train": (1, "120s"), "launch": (1, "120s"),
+           "evaluate": (2, "30s"), "gate": (2, "10s"), "export": (2, "30s"), "promote": (0, "0s"),
+           "notify": (2, "10s")}
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX = "3600s"
 
@@ -112,6 +118,11 @@ class DeployOptions:
 
     gpu_type/gpu_count, node_selector and tolerations apply to the train step (the one that needs a GPU node);
     the PVC is mounted in every step, since the manifest names images under data_root.
+
+    workers > 1 trains on that many pods instead: the train step becomes a launcher (components/launch_tfjob)
+    that runs a TFJob of the Kubeflow Training Operator, whose workers get gpus_per_worker accelerators of
+    gpu_type (default nvidia.com/gpu), the node selector and the tolerations; it needs the PVC (the workers
+    share a folder of the run on it) and gives up (deleting the job) after tfjob_timeout_minutes.
     """
 
     gpu_type: str | None = None
@@ -123,6 +134,45 @@ class DeployOptions:
     #: False for local runs: kfp.local honours retry policies, and a deterministic failure would be retried
     #: with minutes of backoff.
     retries: bool = True
+    workers: int = 1
+    gpus_per_worker: int = 0
+    tfjob_timeout_minutes: float = 3 * 24 * 60
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers}: expected 1 or more")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker {self.gpus_per_worker}: expected 0 or more")
+        if self.workers == 1:
+            if self.gpus_per_worker:
+                raise ValueError("--gpus-per-worker applies to --workers N > 1 (a TFJob); the single train step "
+                                 "takes --gpu RESOURCE --gpu-count N")
+            return
+        if not self.pvc_name:
+            raise ValueError(f"--workers {self.workers} needs --pvc NAME: the TFJob's workers read the data and "
+                             "write the model in a folder of the run on that volume")
+        if self.gpu_type and not self.gpus_per_worker:
+            raise ValueError(f"--gpu {self.gpu_type} with --workers {self.workers}: give --gpus-per-worker G, the "
+                             "accelerators of each worker")
+        if self.tfjob_timeout_minutes <= 0:
+            raise ValueError(f"--tfjob-timeout {self.tfjob_timeout_minutes:g}: expected a positive number of minutes")
+
+    @property
+    def tfjob(self) -> bool:
+        return self.workers > 1
+
+    def tfjob_arguments(self) -> dict[str, Any]:
+        """The launcher's compile-time arguments: the Worker replicas and the volume."""
+        cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES["train"]
+        return {"workers": self.workers, "image": GPU_IMAGE if self.gpus_per_worker else CPU_IMAGE,
+                "pvc_name": self.pvc_name, "pvc_mount_path": self.pvc_mount_path,
+                "gpus_per_worker": self.gpus_per_worker, "gpu_resource": self.gpu_type or "nvidia.com/gpu",
+                "resources": {"cpu_request": cpu_request, "cpu_limit": cpu_limit, "memory_request": memory_request,
+                              "memory_limit": memory_limit},
+                "node_selector": dict(self.node_selector),
+                "tolerations": [{"key": t.key, "operator": "Equal", "value": t.value, "effect": t.effect} if t.value
+                                else {"key": t.key, "operator": "Exists", "effect": t.effect} for t in self.tolerations],
+                "timeout_minutes": float(self.tfjob_timeout_minutes)}
 
 
 def _configure(task, step: str, options: DeployOptions, display_name: str):
@@ -196,9 +246,15 @@ def build_pipeline(options: DeployOptions | None = None):
         align = _configure(align_faces(config=validate.outputs["config"], manifest=validate.outputs["manifest"],
                                        **run),
                            "align", options, "align faces")
-        train = _configure(train_model(config=validate.outputs["config"], manifest=align.outputs["aligned"], **run),
-                           "train", options, "train")
-        _place_training(train, options)
+        if options.tfjob:  # N workers: a launcher step runs them as a TFJob; its model artifact is the chief's
+            train = _configure(launch_tfjob(config=validate.outputs["config"], manifest=align.outputs["aligned"],
+                                            **options.tfjob_arguments(), **run),
+                               "launch", options, f"train (TFJob, {options.workers} workers)")
+        else:
+            train = _configure(train_model(config=validate.outputs["config"], manifest=align.outputs["aligned"],
+                                           **run),
+                               "train", options, "train")
+            _place_training(train, options)
         evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=align.outputs["aligned"],
                                              pairs_file=p["pairs_file"], pairs_root=p["pairs_root"],
                                              seed=p["seed"], **run),

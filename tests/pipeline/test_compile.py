@@ -191,6 +191,68 @@ def test_gpu_node_selector_toleration_and_pvc(tmp_path):
     assert "nodeSelector" not in k8s["exec-validate-data"]
 
 
+def test_workers_turn_the_train_step_into_a_tfjob_launcher(tmp_path):
+    code = pipeline.main(["compile", "--output", str(tmp_path / "tfjob.yaml"), "--workers", "2",
+                          "--gpus-per-worker", "1", "--pvc", "faces", "--pvc-mount", "/mnt/faces",
+                          "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
+                          "--tfjob-timeout", "90"])
+    assert code == 0
+    spec, platform = list(yaml.safe_load_all((tmp_path / "tfjob.yaml").read_text()))
+    steps = steps_dag(spec)
+    assert "train-model" not in steps and "launch-tfjob" in steps
+    launcher = steps["launch-tfjob"]
+    assert set(launcher["dependentTasks"]) == {"validate-data", "align-faces"}
+    assert launcher["taskInfo"]["name"] == "train (TFJob, 2 workers)"
+    inputs = launcher["inputs"]
+    assert inputs["parameters"]["config"]["taskOutputParameter"] == {"outputParameterKey": "config",
+                                                                     "producerTask": "validate-data"}
+    assert inputs["artifacts"]["manifest"]["taskOutputArtifact"] == {"outputArtifactKey": "aligned",
+                                                                     "producerTask": "align-faces"}
+    constants = {name: value["runtimeValue"]["constant"] for name, value in inputs["parameters"].items()
+                 if "constant" in value.get("runtimeValue", {})}
+    cpu_request, cpu_limit, memory_request, memory_limit = pipeline.RESOURCES["train"]
+    assert constants == {
+        "workers": 2, "gpus_per_worker": 1, "gpu_resource": "nvidia.com/gpu", "image": images.gpu_image(),
+        "pvc_name": "faces", "pvc_mount_path": "/mnt/faces", "node_selector": {"pool": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "resources": {"cpu_request": cpu_request, "cpu_limit": cpu_limit, "memory_request": memory_request,
+                      "memory_limit": memory_limit},
+        "timeout_minutes": 90.0, "run_id": "{{$.pipeline_job_name}}"}
+    # evaluate and export read the launcher's model artifact as they read the train step's
+    assert steps["evaluate-model"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model", "producerTask": "launch-tfjob"}
+    assert steps["condition-2"]["inputs"]["artifacts"]["pipelinechannel--launch-tfjob-model"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "model", "producerTask": "launch-tfjob"}}
+    # The launcher itself is a small CPU pod with the PVC; the GPUs, node selector and tolerations are the workers'.
+    executor = spec["deploymentSpec"]["executors"]["exec-launch-tfjob"]["container"]
+    assert executor["image"] == images.cpu_image() and "accelerator" not in executor["resources"]
+    assert executor["resources"]["resourceCpuLimit"] == pipeline.RESOURCES["launch"][1]
+    assert launcher["retryPolicy"]["maxRetryCount"] == pipeline.RETRIES["launch"][0]
+    assert launcher["cachingOptions"].get("enableCache", False) is False
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-launch-tfjob"]
+    assert [m["mountPath"] for m in k8s["pvcMount"]] == ["/mnt/faces"]
+    assert "nodeSelector" not in k8s and "tolerations" not in k8s
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--workers", "2"], "--workers 2 needs --pvc NAME"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker applies to --workers N > 1"),
+    (["--workers", "2", "--pvc", "faces", "--gpu", "nvidia.com/gpu"], "give --gpus-per-worker G"),
+    (["--workers", "0"], "expected 1 or more"),
+])
+def test_bad_worker_options_are_refused(tmp_path, capsys, flags, message):
+    assert pipeline.main(["compile", "--output", str(tmp_path / "x.yaml"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_submit_and_schedule_take_the_worker_options():
+    for command in (["submit", "--host", "http://kfp"], ["schedule", "--host", "http://kfp", "--every", "7d"]):
+        args = pipeline.build_parser().parse_args([*command, "--workers", "4", "--gpus-per-worker", "2",
+                                                   "--pvc", "faces"])
+        options = pipeline.deploy_options(args)
+        assert (options.workers, options.gpus_per_worker, options.tfjob) == (4, 2, True)
+
+
 def test_bad_compile_options_are_refused(tmp_path, capsys):
     assert pipeline.main(["compile", "--output", str(tmp_path / "x.yaml"), "--toleration", "k:Sometimes"]) == 2
     assert "NoSchedule, PreferNoSchedule or NoExecute" in capsys.readouterr().err
