@@ -64,6 +64,8 @@ def test_unknown_yaml_key_is_named(tmp_path):
     ({"dropout": 1.0}, r"--dropout=1.0 is out of range"),
     ({"margin": "cosface", "penalty": 1.5}, r"additive cosine margin must be in \[0, 1\)"),
     ({"sample_rate": 0.0}, r"--sample_rate=0.0 is out of range"),
+    ({"checkpoint_key": "../other-run"}, r"--checkpoint_key='../other-run' is out of range: a folder name"),
+    ({"checkpoint_key": "a/b"}, r"--checkpoint_key='a/b' is out of range"),
 ])
 def test_validation_names_flag_and_range(changes, message):
     with pytest.raises(ConfigError, match=message):
