@@ -79,8 +79,8 @@ RESOURCES = {
     "notify": ("100m", "500m", "128Mi", "256Mi"),
 }
 # Transient failures only (node preemption, a volume or object store that hiccups): (retries, first backoff).
-# Training retries once: with resume on, a retried pod continues from the last checkpoint when the artifact
-# store is a persistent mount, and a genuine bug fails again quickly anyway.
+# Training retries once: a retried pod gets a new, empty model folder, so it continues from the last checkpoint
+# only with checkpoint_dir on a volume (the train step keys it by the run name); a genuine bug fails again quickly.
 # Promote is not retried: a retry after its pointer moved would find another champion and refuse anyway.
 # A retried TFJob launcher follows the job its first attempt created (the job is named after the run).
 RETRIES = {"validate": (2, "30s"), "align": (2, "30s"), "train": (1, "120s"), "launch": (1, "120s"),

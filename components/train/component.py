@@ -19,15 +19,22 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
             checkpoints/, logs/, config.yaml, metadata.json.
         metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy.
         model_store, model_name, run_id: where a failure of this step is recorded for the exit step
-            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
+            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere. run_id (the KFP run
+            name) is also the checkpoint_key when checkpoint_dir is set and the key is empty: a retry of this step
+            (a new, empty model folder) resumes from the run's checkpoints, another run starts fresh.
     """
+    import re
+
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
     from arcface.notify import failures_logged
     from arcface.train import train
 
     with failures_logged("train-model", model_store=model_store, model_name=model_name, run_id=run_id):
-        result = train(from_dict({**config, "save_path": model.path}), ManifestDir.read(manifest.path))
+        values = {**config, "save_path": model.path}
+        if values.get("checkpoint_dir") and not values.get("checkpoint_key") and run_id:
+            values["checkpoint_key"] = re.sub(r"[^A-Za-z0-9._-]", "-", run_id).lstrip(".")[:200]
+        result = train(from_dict(values), ManifestDir.read(manifest.path))
         metrics.log_metric("epochs_completed", result.epochs_completed)
         metrics.log_metric("steps", result.steps)
         metrics.log_metric("images_per_second", round(float(result.images_per_second), 3))
@@ -40,4 +47,5 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
                     metrics.log_metric(f"final_{key}", float(last[key]))
         model.metadata.update({"framework": "tensorflow", "backbone": config["backbone"],
                                "margin": config["margin"], "stopped": result.stopped,
-                               "manifest_sha256": result.manifest_sha256})
+                               "manifest_sha256": result.manifest_sha256,
+                               "checkpoint_key": values.get("checkpoint_key", "")})

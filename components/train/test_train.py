@@ -83,6 +83,32 @@ def test_function_logs_metrics(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_retry_resumes_from_checkpoint_dir_under_the_run_name(tmp_path):
+    """A retried step gets a new, empty model folder; with checkpoint_dir set, the run name (run_id, which the
+    pipeline passes as dsl.PIPELINE_JOB_NAME_PLACEHOLDER) is the checkpoint key: the retry resumes, and another run
+    starts fresh."""
+    root = validated_faces()
+    config = {**TINY.to_dict(), "epochs": 2, "checkpoint_dir": str(tmp_path / "pvc")}
+    manifest = dsl.Dataset(name="m", uri=os.path.join(root, "manifest"))
+
+    def attempt(name, run_id, **changes):
+        model = dsl.Model(name="model", uri=str(tmp_path / name))
+        metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / f"{name}-metrics"))
+        train_model.python_func(config={**config, **changes}, manifest=manifest, model=model, metrics=metrics,
+                                run_id=run_id)
+        return model, metrics
+
+    attempt("first", "arcface-training-x7k2p", epochs=1)
+    model, metrics = attempt("retry", "arcface-training-x7k2p")
+    assert metrics.metadata["steps"] == 4 and model.metadata["checkpoint_key"] == "arcface-training-x7k2p"
+    history = artifacts.load_model_dir(model.path).metadata["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    _, other = attempt("other-run", "arcface-training-q9z3m", epochs=1)
+    assert other.metadata["steps"] == 2
+    assert sorted(os.listdir(tmp_path / "pvc")) == ["arcface-training-q9z3m", "arcface-training-x7k2p"]
+
+
+@pytest.mark.slow
 def test_component_through_the_local_runner(tmp_path):
     root = validated_faces()
 

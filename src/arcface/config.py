@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ MARGIN_GRADIENTS = ("exact", "straight_through")
 SCHEDULES = ("cosine", "step", "poly", "constant")
 ALIGN_METHODS = ("mtcnn", "none")  # arcface.data.align.METHODS (not imported: it needs numpy)
 PRECISIONS = CHOICES  # arcface.precision (standard library only)
+CHECKPOINT_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class ConfigError(ValueError):
@@ -96,6 +98,15 @@ class TrainConfig:
                                           "or float16 where the device computes it natively, else float32)")
     jit_compile: bool = _field(False, "compile the training step with XLA")
     steps_per_epoch: int = _field(0, "cap on steps per epoch (0: the whole training set)")
+    checkpoint_dir: str = _field("", "folder for checkpoints that outlive save_path (e.g. a PVC): they go to "
+                                     "<checkpoint_dir>/<checkpoint_key>/, so a retried run resumes from them "
+                                     "(empty: <save_path>/checkpoints)")
+    checkpoint_key: str = _field("", "this run's folder under checkpoint_dir: the same key resumes, another one "
+                                     "starts fresh (empty: derived from the manifest hash and the training "
+                                     "settings; the pipeline passes its run name)")
+    sync_batchnorm: bool = _field(True, "with several replicas, batch-norm statistics over the global batch, so "
+                                        "N devices or workers train what one device would (false: per replica, "
+                                        "fewer all-reduces)")
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -293,6 +304,8 @@ def _problems(c: TrainConfig) -> Iterable[str]:
     if c.mixed_precision and c.precision not in ("float32", "auto"):
         yield (f"--mixed_precision means --precision=auto, which disagrees with --precision={c.precision!r}; "
                "give only one of the two (--precision alone says exactly what to use)")
+    if c.checkpoint_key and not CHECKPOINT_KEY.fullmatch(c.checkpoint_key):
+        yield bad("checkpoint_key", "a folder name: letters, digits, '.', '_' and '-', not starting with '.'")
 
 
 # ---------------------------------------------------------------------------------------------------

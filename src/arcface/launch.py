@@ -41,6 +41,8 @@ from typing import Any, TextIO
 #: The run folders' parent on the PVC: ``<pvc mount>/arcface-tfjobs/<job name>/``.
 RUNS_FOLDER = "arcface-tfjobs"
 MANIFEST_FOLDER = "manifest"
+#: The checkpoints' folder inside the run folder, shared by the workers (only the chief writes it).
+CHECKPOINT_KEY = "checkpoints"
 #: Each worker's save_path inside the run folder (worker 0, the chief, is copied into the artifact).
 WORKER_FOLDER = "worker-{index}"
 #: What a worker writes beside its folder: the TrainResult fields the train step logs as metrics.
@@ -578,7 +580,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     index = replica_index()
     save_path = worker_folder(args.run_dir, index)
     print(f"worker {index}: save_path {save_path}", flush=True)
-    result = train(from_dict({**json.loads(args.config), "save_path": save_path}), ManifestDir.read(args.manifest))
+    config = {**json.loads(args.config), "save_path": save_path}
+    if not config.get("checkpoint_dir"):  # every worker resumes from the checkpoints the chief writes
+        config.update(checkpoint_dir=args.run_dir, checkpoint_key=CHECKPOINT_KEY)
+    result = train(from_dict(config), ManifestDir.read(args.manifest))
     atomic.write_json(os.path.join(args.run_dir, RESULT_FILE.format(index=index)), {
         "epochs_completed": result.epochs_completed, "steps": result.steps, "stopped": result.stopped,
         "best_val_accuracy": result.best_val_accuracy, "history": result.history,

@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -108,12 +111,87 @@ def weight_decay_loss(variables, decay: float) -> tf.Tensor:
 
 
 def pick_strategy() -> tf.distribute.Strategy:
-    """Several pods (TF_CONFIG set, e.g. by Kubeflow's training operator), several GPUs, or this device."""
+    """Several pods (TF_CONFIG set, e.g. by Kubeflow's training operator), several GPUs, several logical CPU
+    devices (only when a program configured them: tf.config.set_logical_device_configuration), or this device.
+
+    A worker that dies is noticed by TensorFlow's coordination service (its heartbeats stop, ~10 s) or by the
+    refused connection, and the collective ops of the others abort with UnavailableError (see Trainer.fit). No
+    per-collective timeout (CommunicationOptions.timeout_seconds) is set: TensorFlow starts a thread per
+    collective for it, and calls it a debugging aid.
+    """
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
+        return _one_per_process(("workers", os.environ["TF_CONFIG"]), tf.distribute.MultiWorkerMirroredStrategy)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return _one_per_process(("gpus",), tf.distribute.MirroredStrategy)
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if not gpus and len(cpus) > 1:
+        return _one_per_process(("cpus", *cpus), lambda: tf.distribute.MirroredStrategy(cpus))
     return tf.distribute.get_strategy()
+
+
+_STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+
+
+def _one_per_process(key: tuple[str, ...], make) -> tf.distribute.Strategy:
+    # A second strategy over the same devices numbers its collective ops from the start again, and they collide
+    # with the first one's ("Shape mismatch in the collective instance 100"): a second run in the same process
+    # reuses the first one's strategy.
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = make()
+    return _STRATEGIES[key]
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes save_path: always, except on the non-chief workers of a multi-worker run."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def task_name(strategy: tf.distribute.Strategy) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "this process"
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+#: Fields that do not change what is trained (where it is written, how the run is driven, where the data lies:
+#: the data itself is in the manifest hash); every other field is part of a derived checkpoint key.
+RUN_CONTROL_FIELDS = ("save_path", "checkpoint_dir", "checkpoint_key", "resume", "max_minutes", "checkpoint_steps",
+                      "train_data", "validation_data", "align_cache")
+
+
+def checkpoint_key(config: TrainConfig, manifest_sha256: str) -> str:
+    """--checkpoint_key, or one derived from the data and the training settings: a rerun of the same command
+    resumes, a run on other data or with other settings starts fresh."""
+    if config.checkpoint_key:
+        return config.checkpoint_key
+    settings = {k: v for k, v in config.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{manifest_sha256[:16]}-{digest[:16]}"
+
+
+def ensure_writable(folder: str, flag: str) -> None:
+    """Create ``folder`` and write a file into it, so that a volume mounted read-only (or not at all) fails here
+    with a message, not at the first checkpoint an epoch later."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise TrainingError(
+            f"{flag}: cannot write checkpoints to {folder} ({e.strerror or e}); mount a writable volume there "
+            "(in a cluster: a PVC the pod's user may write, e.g. through the pod's fsGroup), or leave "
+            "--checkpoint_dir empty to keep them in save_path") from None
+
+
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batch_norm_layers(layer))
+    return found
 
 
 def find_param_file(folder: str) -> str:
@@ -284,7 +362,7 @@ class Trainer:
         self.manifest = manifest
         self.verbose = verbose
         self.make_dataset = make_dataset
-        self.save_path = os.path.abspath(config.save_path)
+        self.output_path = os.path.abspath(config.save_path)
         self.n_train = len(manifest.split("train"))
         self.class_names = list(manifest.class_names)
         if len(self.class_names) != config.n_classes:
@@ -293,6 +371,7 @@ class Trainer:
                 f"pass --n_classes={len(self.class_names)} or add/remove identity folders")
         self.strategy = pick_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
+        self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         if config.sample_rate < 1 and self.replicas > 1:
             raise TrainingError("--sample_rate < 1 (Partial-FC) runs on one device here; use --sample_rate=1.0 "
                                 f"with {self.replicas} replicas, or run on one GPU")
@@ -307,6 +386,8 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
 
+        self._set_paths()
+
         # The policy is global in Keras: set it every time, so one mixed-precision run does not leak into the next.
         self.precision = precision.choose(config.requested_precision, precision.local_devices())
         keras.mixed_precision.set_global_policy(self.precision.policy)
@@ -314,6 +395,11 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.training_model, self.embedding_model = build_models(config)
+            if self.replicas > 1 and config.sync_batchnorm:
+                # Statistics over the global batch, as one device computes them: with per-replica statistics the
+                # replicas normalize by those of batch_size / replicas images, and train another model.
+                for layer in batch_norm_layers(self.training_model):
+                    layer.synchronized = True
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
             self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch,
@@ -332,9 +418,42 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
                                               epoch=self.epoch, step_in_epoch=self.step_in_epoch,
                                               history=self.history)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.save_path, artifacts.CHECKPOINT_DIR), max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_write_dir, max_to_keep=2)
         self._train_step = self._make_train_step()
+
+    def _set_paths(self) -> None:
+        """Where this process reads and writes.
+
+        ``output_path`` is --save_path; ``save_path`` is where this process writes its models and logs: the same,
+        except on a non-chief worker of a multi-worker run, which writes into a scratch folder removed at the end
+        (every worker must take part in each save, since saving reads distributed variables, but only the
+        chief's copy is kept). ``checkpoint_dir`` is where every worker reads the checkpoint to resume from:
+        <save_path>/checkpoints, or <--checkpoint_dir>/<key>/, which outlives save_path (a retried pipeline step
+        gets a new, empty output folder); only the chief writes it.
+        """
+        config = self.config
+        self.chief = is_chief(self.strategy)
+        self.scratch = None
+        self.save_path = self.output_path
+        if not self.chief:
+            self.scratch = os.path.join(tempfile.gettempdir(), f"arcface-{task_name(self.strategy).replace(' ', '')}"
+                                        f"-{os.getpid()}")
+            self.save_path = self.scratch
+        if config.checkpoint_dir:
+            self.checkpoint_key = checkpoint_key(config, self.manifest.sha256)
+            self.checkpoint_dir = os.path.join(os.path.abspath(config.checkpoint_dir), self.checkpoint_key)
+            # The config of the run whose checkpoints these are, checked on resume; and best/, which must
+            # survive a retry as the checkpoints do.
+            self.run_folder = self.checkpoint_dir
+            if self.chief:
+                ensure_writable(self.checkpoint_dir, f"--checkpoint_dir={config.checkpoint_dir}")
+        else:
+            self.checkpoint_key = None
+            self.checkpoint_dir = os.path.join(self.output_path, artifacts.CHECKPOINT_DIR)
+            self.run_folder = self.output_path
+        self.checkpoint_write_dir = (self.checkpoint_dir if self.chief
+                                     else os.path.join(self.save_path, artifacts.CHECKPOINT_DIR))
+        self.best_dir = os.path.join(self.run_folder if self.chief else self.save_path, artifacts.BEST_DIR)
 
     # -- the step ------------------------------------------------------------------------------------------
     def _make_train_step(self):
@@ -441,6 +560,8 @@ class Trainer:
             # what the model was trained on (from the manifest, not the config): every entrance aligns the same way
             "alignment": self.manifest.alignment or {"method": "none"},
             "replicas": self.replicas, "global_batch_size": self.config.batch_size,
+            "sync_batchnorm": self.replicas > 1 and self.config.sync_batchnorm,
+            "checkpoint_dir": self.checkpoint_dir, "checkpoint_key": self.checkpoint_key,
             # the policy the weights were trained under; the saved .keras models compute in float32
             "precision": self.precision.to_dict(), **extra}
 
@@ -462,12 +583,15 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------
     def restore_or_start(self) -> str:
         config = self.config
-        latest = self.manager.latest_checkpoint
-        saved_config = os.path.join(self.save_path, artifacts.CONFIG_FILE)
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        saved_config = os.path.join(self.run_folder, artifacts.CONFIG_FILE)
+        where = self.checkpoint_dir if config.checkpoint_dir else self.output_path
+        fresh = ("another --checkpoint_key (or an empty --checkpoint_dir)" if config.checkpoint_dir
+                 else "an empty --save_path")
         if latest and not config.resume:
             raise TrainingError(
-                f"{self.save_path} already holds a checkpoint ({os.path.basename(latest)}); pass --resume to "
-                "continue it, or choose an empty --save_path (nothing is overwritten)")
+                f"{where} already holds a checkpoint ({os.path.basename(latest)}); pass --resume to "
+                f"continue it, or choose {fresh} (nothing is overwritten)")
         if latest:
             if os.path.exists(saved_config):
                 from arcface.config import load_yaml
@@ -476,9 +600,9 @@ class Trainer:
                 changed = [f for f in ARCHITECTURE_FIELDS if getattr(previous, f) != getattr(config, f)]
                 if changed:
                     raise TrainingError(
-                        f"the checkpoint in {self.save_path} was trained with another "
+                        f"the checkpoint in {where} was trained with another "
                         + ", ".join(f"{f} ({getattr(previous, f)!r}, now {getattr(config, f)!r})" for f in changed)
-                        + "; use a new --save_path, or the same values to resume")
+                        + f"; use {fresh}, or the same values to resume")
             self._restore(latest)
             return (f"resuming from {os.path.basename(latest)} at epoch {self.epochs_done + 1}, "
                     f"step {int(self.step_in_epoch.numpy())}")
@@ -494,7 +618,7 @@ class Trainer:
             self.history.records = self._history_from_metadata()
 
     def _history_from_metadata(self) -> list[dict[str, Any]]:
-        path = os.path.join(self.save_path, artifacts.METADATA_FILE)
+        path = os.path.join(self.output_path, artifacts.METADATA_FILE)
         if not os.path.exists(path):
             return []
         with open(path, encoding="utf-8") as f:
@@ -505,10 +629,33 @@ class Trainer:
         return int(self.epoch.numpy())
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError) as e:
+            if not self.multi_worker:
+                raise
+            # A peer died (or restarted): the collective ops abort. Fail the whole job, with the way back.
+            reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(str(e.message).split()))[:400]
+            raise TrainingError(
+                f"{task_name(self.strategy)} lost contact with another training worker during epoch "
+                f"{self.epochs_done + 1} ({reason}); the job fails: start all the workers again, they resume "
+                f"from the last checkpoint in {self.checkpoint_dir}") from None
+        finally:
+            if self.scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _fit(self) -> TrainResult:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
         os.makedirs(os.path.join(self.save_path, artifacts.LOG_DIR), exist_ok=True)
-        self._remove_leftovers_of_killed_runs()
+        if self.chief:
+            self._remove_leftovers_of_killed_runs()
         how_it_starts = self.restore_or_start()
+        if self.multi_worker:
+            self._check_workers_agree()
         self.config.save(os.path.join(self.save_path, artifacts.CONFIG_FILE))
+        if self.chief and self.run_folder != self.output_path:
+            self.config.save(os.path.join(self.run_folder, artifacts.CONFIG_FILE))
         self._announce(how_it_starts)
         budget, speed = Budget(self.config.max_minutes), Throughput()
         nothing_to_do = self.epochs_done >= self.config.epochs and not self.history.records
@@ -527,13 +674,29 @@ class Trainer:
                     break
         return self._save_final(stopped, speed)
 
+    def _check_workers_agree(self) -> None:
+        """Every worker must resume from the same step, or they run different loops and train apart; that is
+        what happens when the workers do not see the same checkpoints (a pod-local save_path)."""
+        step = self.epochs_done * self.steps_per_epoch + int(self.step_in_epoch.numpy())
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(
+            lambda: tf.constant(step, tf.int64)), axis=None)
+        if int(total) != step * self.replicas:
+            raise TrainingError(
+                f"{task_name(self.strategy)} resumes at global step {step}, but not every worker does (the steps "
+                f"of the {self.replicas} replicas add up to {int(total)}, not {step * self.replicas}): every worker "
+                "must read the same checkpoints; set --checkpoint_dir (or --save_path) to a volume that all workers "
+                "mount")
+
     def _remove_leftovers_of_killed_runs(self) -> None:
         # TensorFlow writes a checkpoint's shards into <name>_temp/ before merging them; a kill in between
         # leaves that folder, which no later save removes.
-        unfinished = glob.glob(os.path.join(self.save_path, artifacts.CHECKPOINT_DIR, "*_temp"))
+        unfinished = glob.glob(os.path.join(self.checkpoint_dir, "*_temp"))
         for path in unfinished:
             shutil.rmtree(path, ignore_errors=True)
-        for path in [*unfinished, *artifacts.remove_stale_temporaries(self.save_path)]:
+        stale = artifacts.remove_stale_temporaries(self.save_path)
+        if self.run_folder != self.output_path:
+            stale += artifacts.remove_stale_temporaries(self.run_folder)
+        for path in [*unfinished, *stale]:
             log.info("removed %s, left by a run that was killed while writing it", path)
 
     def _announce(self, how_it_starts: str) -> None:
@@ -543,6 +706,11 @@ class Trainer:
         self._say(f"replicas: {self.replicas}, global batch size: {config.batch_size} "
                   f"({config.batch_size // self.replicas} per replica), {self.steps_per_epoch} steps per epoch; "
                   f"{how_it_starts}")
+        if config.checkpoint_dir:
+            self._say(f"checkpoints: {self.checkpoint_dir} (key {self.checkpoint_key})")
+        if not self.chief:
+            self._say(f"{task_name(self.strategy)} is not the chief: it writes into {self.scratch}, removed at the "
+                      f"end; the chief writes {self.output_path}")
 
     def _say(self, line: str) -> None:
         if self.verbose:
@@ -619,14 +787,17 @@ class Trainer:
         best = self.history.best_val_accuracy()
         if val is None or (best is not None and val <= best):
             return
-        self.save_models(os.path.join(self.save_path, artifacts.BEST_DIR))
-        artifacts.write_json(os.path.join(self.save_path, artifacts.BEST_DIR, artifacts.METADATA_FILE),
+        self.save_models(self.best_dir)
+        artifacts.write_json(os.path.join(self.best_dir, artifacts.METADATA_FILE),
                              self.metadata(epoch=epoch, val_accuracy=val))
 
     def _save_final(self, stopped: str, speed: Throughput) -> TrainResult:
         history, steps = self.history.records, int(self.optimizer.iterations.numpy())
         self.save_models(self.save_path)
         self.save_weights_h5()
+        best = os.path.join(self.save_path, artifacts.BEST_DIR)
+        if self.best_dir != best and os.path.isdir(self.best_dir):  # kept beside the checkpoints: copy it over
+            shutil.copytree(self.best_dir, best, dirs_exist_ok=True)
         # Also here: a run killed between its last checkpoint and the CSV left the CSV an epoch short.
         write_training_csv(os.path.join(self.save_path, artifacts.LOG_DIR, TRAINING_CSV), history)
         best = self.history.best_val_accuracy()
@@ -635,7 +806,7 @@ class Trainer:
             history=history))
         self._say(f"saved the models to {self.save_path} ({self.epochs_done}/{self.config.epochs} epochs, "
                   f"{stopped})")
-        return TrainResult(self.save_path, self.epochs_done, steps, stopped, list(history), best,
+        return TrainResult(self.output_path, self.epochs_done, steps, stopped, list(history), best,
                            self.manifest.sha256, speed.rate)
 
 
@@ -645,23 +816,46 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=
     from arcface import data
 
     config = config.validate()
+    scratch = None
     if manifest is None:
+        # A non-chief worker validates (and aligns) into a folder of its own, removed at the end: only the chief
+        # writes save_path.
+        folder = os.path.abspath(config.save_path)
+        if not tf_config_is_chief():
+            folder = scratch = tempfile.mkdtemp(prefix="arcface-worker-data-")
         train_root, validation_root = data.resolve_roots(config.train_data, config.validation_data)
-        result = data.run_validation(train_root, validation_root,
-                                     os.path.join(os.path.abspath(config.save_path), "data"),
+        result = data.run_validation(train_root, validation_root, os.path.join(folder, "data"),
                                      n_classes=config.n_classes, min_images=config.min_images, strict=config.strict)
         manifest = result.manifest
         if config.align != "none":  # as the pipeline's align step does, so `arcface train` trains on the same crops
             from arcface.data.align import run_alignment
 
-            manifest = run_alignment(os.path.join(os.path.abspath(config.save_path), "data"),
-                                     os.path.join(os.path.abspath(config.save_path), "aligned"), method=config.align,
-                                     image_size=config.image_size, cache_dir=config.align_cache or None,
-                                     strict=config.strict, n_classes=config.n_classes)
+            manifest = run_alignment(os.path.join(folder, "data"), os.path.join(folder, "aligned"),
+                                     method=config.align, image_size=config.image_size,
+                                     cache_dir=config.align_cache or None, strict=config.strict,
+                                     n_classes=config.n_classes)
     elif isinstance(manifest, str | os.PathLike):
         manifest = data.Manifest.read(manifest)
     if config.align != "none" and manifest.alignment is None:
         log.warning("align=%s but the manifest holds the images as they are (not aligned crops): the model is "
                     "trained, and recorded, as align=none; run `arcface align` on the manifest first to train on "
                     "aligned faces, or pass --align none to say so", config.align)
-    return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset).fit()
+    try:
+        return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset).fit()
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def tf_config_is_chief() -> bool:
+    """What MultiWorkerMirroredStrategy will decide, read from TF_CONFIG before it exists: the chief task, or
+    worker 0 where the cluster has no chief; true without TF_CONFIG."""
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = spec.get("task") or {}
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        return True  # a malformed TF_CONFIG: the strategy reports it
+    if kind is None or kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in (spec.get("cluster") or {})

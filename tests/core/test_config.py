@@ -68,6 +68,8 @@ def test_unknown_yaml_key_is_named(tmp_path):
                                 r"mixed_bfloat16, auto"),
     ({"precision": "mixed_bfloat16", "mixed_precision": True},
      r"--mixed_precision means --precision=auto, which disagrees with --precision='mixed_bfloat16'"),
+    ({"checkpoint_key": "../other-run"}, r"--checkpoint_key='../other-run' is out of range: a folder name"),
+    ({"checkpoint_key": "a/b"}, r"--checkpoint_key='a/b' is out of range"),
 ])
 def test_validation_names_flag_and_range(changes, message):
     with pytest.raises(ConfigError, match=message):

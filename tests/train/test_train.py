@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from arcface import artifacts
-from arcface.train import Trainer, TrainingError, train, weight_decay_loss
+from arcface.train import Trainer, TrainingError, checkpoint_key, train, weight_decay_loss
 from tests.train.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -96,6 +96,51 @@ def test_a_checkpoint_without_history_resumes_with_the_history_of_metadata_json(
     second = train(tiny_config(run, epochs=2), tiny_manifest, verbose=0)
     assert [h["epoch"] for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]
+
+
+def test_checkpoint_dir_outlives_save_path_and_the_key_picks_the_run(tiny_manifest, tmp_path):
+    """A retried pipeline step gets a new, empty output folder: the checkpoints it resumes from are on a volume
+    (--checkpoint_dir), in the folder of its run's key."""
+    pvc = tmp_path / "pvc"
+    first = train(tiny_config(tmp_path / "attempt-1", epochs=1, checkpoint_dir=str(pvc), checkpoint_key="run-1"),
+                  tiny_manifest, verbose=0)
+    assert not (tmp_path / "attempt-1" / "checkpoints").exists()
+    assert tf.train.latest_checkpoint(str(pvc / "run-1")).endswith("ckpt-3")
+
+    retry = train(tiny_config(tmp_path / "attempt-2", epochs=2, checkpoint_dir=str(pvc), checkpoint_key="run-1"),
+                  tiny_manifest, verbose=0)
+    assert retry.steps == 6 and [h["epoch"] for h in retry.history] == [1, 2]
+    assert retry.history[0] == first.history[0], "epoch 1 comes back from the checkpoint, not trained again"
+    metadata = json.loads((tmp_path / "attempt-2" / artifacts.METADATA_FILE).read_text())
+    assert metadata["checkpoint_key"] == "run-1" and metadata["checkpoint_dir"] == str(pvc / "run-1")
+    assert (tmp_path / "attempt-2" / "best" / artifacts.EMBEDDING_MODEL_FILE).is_file(), "best/ is kept with them"
+
+    other = train(tiny_config(tmp_path / "attempt-3", epochs=1, checkpoint_dir=str(pvc), checkpoint_key="run-2"),
+                  tiny_manifest, verbose=0)
+    assert other.steps == 3 and other.history[0]["loss"] == pytest.approx(first.history[0]["loss"], rel=1e-6)
+    assert sorted(p.name for p in pvc.iterdir()) == ["run-1", "run-2"]
+    with pytest.raises(TrainingError, match=r"pvc/run-1 already holds a checkpoint .*another --checkpoint_key"):
+        train(tiny_config(tmp_path / "attempt-4", epochs=2, checkpoint_dir=str(pvc), checkpoint_key="run-1",
+                          resume=False), tiny_manifest, verbose=0)
+
+
+def test_derived_checkpoint_key_follows_the_data_and_the_training_settings(tmp_path):
+    config = tiny_config(tmp_path / "a", checkpoint_dir=str(tmp_path / "pvc"))
+    key = checkpoint_key(config, "ab" * 32)
+    assert key.startswith("abababab")
+    assert checkpoint_key(config.replace(save_path=str(tmp_path / "b"), max_minutes=5.0, train_data="/elsewhere"),
+                          "ab" * 32) == key, "where it is written, or the data mounted, is the same run"
+    assert checkpoint_key(config.replace(lr=0.01), "ab" * 32) != key
+    assert checkpoint_key(config, "cd" * 32) != key
+    assert checkpoint_key(config.replace(checkpoint_key="kfp-run-7"), "ab" * 32) == "kfp-run-7"
+
+
+def test_unwritable_checkpoint_dir_is_explained(tiny_manifest, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(TrainingError, match=r"--checkpoint_dir=.*a-file/pvc: cannot write checkpoints to .*a-file/pvc/"
+                                            r".*mount a writable volume"):
+        Trainer(tiny_config(tmp_path / "run", checkpoint_dir=str(tmp_path / "a-file" / "pvc")), tiny_manifest,
+                verbose=0)
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tiny_manifest, tmp_path):
@@ -265,6 +310,47 @@ def test_kill_at_any_moment_then_resume_ends_with_all_epochs(tiny_data, tmp_path
     assert [float(row["loss"]) for row in rows] == pytest.approx([h["loss"] for h in metadata["history"]],
                                                                   rel=1e-12)
     assert not list(save.rglob("*.tmp-*")) + list(save.rglob("*_temp")), "no temporary is left behind"
+
+
+@pytest.mark.slow
+def test_a_killed_run_retried_into_a_new_save_path_resumes_from_checkpoint_dir(tiny_data, tmp_path):
+    """As a retried KFP step: the first attempt is killed after a checkpoint; the retry writes a new, empty output
+    folder, and with the same --checkpoint_key continues from the last step. Another key starts fresh."""
+    pvc, epochs, steps_per_epoch = tmp_path / "pvc", 4, 7  # 28 images, batch 4
+
+    def command(save_path, key, *more):
+        return [sys.executable, os.path.join(REPO, "train.py"), "--backbone=TinyFaceNet", "--image_size=48",
+                "--embedding_size=16", "--n_classes=4", f"--epochs={epochs}", "--batch_size=4", "--align=none",
+                "--checkpoint_steps=2", f"--train_data={tiny_data}", f"--validation_data={tiny_data}",
+                f"--save_path={save_path}", f"--checkpoint_dir={pvc}", f"--checkpoint_key={key}", *more]
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "attempt-1.log", "w") as out:
+        proc = subprocess.Popen(command(tmp_path / "attempt-1", "run-1"), stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+        wait_for_checkpoint_beyond(pvc / "run-1", 2, proc)
+        assert proc.poll() is None, "the first attempt finished before the kill; the test needs more epochs"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    reached = global_step_of_latest_checkpoint(pvc / "run-1", steps_per_epoch)
+    assert reached > 2
+
+    retry = subprocess.run(command(tmp_path / "attempt-2", "run-1"), capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert retry.returncode == 0, retry.stderr
+    assert f"resuming from ckpt-{reached} " in retry.stdout
+    metadata = json.loads((tmp_path / "attempt-2" / artifacts.METADATA_FILE).read_text())
+    assert metadata["steps"] == epochs * steps_per_epoch and metadata["checkpoint_key"] == "run-1"
+    assert [h["epoch"] for h in metadata["history"]] == list(range(1, epochs + 1))
+    assert (tmp_path / "attempt-2" / artifacts.EMBEDDING_MODEL_FILE).is_file()
+    assert not (tmp_path / "attempt-2" / "checkpoints").exists()
+
+    other = subprocess.run(command(tmp_path / "attempt-3", "run-2", "--max_minutes=1e-6"), capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert other.returncode == 0, other.stderr
+    assert "starting from scratch" in other.stdout and "resuming" not in other.stdout
+    assert global_step_of_latest_checkpoint(pvc / "run-2", steps_per_epoch) == 1
+    assert not list(pvc.rglob("*.tmp-*")) + list(pvc.rglob("*_temp")), "no temporary is left behind"
 
 
 def wait_for_checkpoint_beyond(folder, step: int, proc, timeout: float = 300.0) -> None:
