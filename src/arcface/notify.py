@@ -3,9 +3,9 @@
 The exit step of the pipeline (``dsl.ExitHandler``) calls :func:`report_run_end` with what KFP tells it
 (``dsl.PipelineTaskFinalStatus``). That status does not name the failing step everywhere (kfp.local and some
 cluster versions name only the exit handler's group), so every step runs inside :func:`failures_logged`, which
-writes the step's name and its error into the store's run log; the exit step reads it back for its record. Neither a missing store nor an unreachable webhook makes it fail: the run's
-own status is the body's, and a notification problem must never turn a finished run into a failed one or hide
-which step failed. Only the standard library is used, so the light image runs it.
+writes the step's name and its error into the store's run log; the exit step reads it back for its record.
+Neither a missing store nor an unreachable webhook makes it fail: the run's own status is the body's, and a
+notification problem must never turn a finished run into a failed one or hide which step failed. Only the standard library is used, so the light image runs it.
 """
 
 from __future__ import annotations
@@ -81,10 +81,11 @@ def report_run_end(record: dict[str, Any], *, model_store: str = "", model_name:
         store = open_store(model_store, model_name)
         if store is not None:
             failed = _failed_steps(store, record["run_id"]) if record["state"] != "SUCCEEDED" else []
-            if failed:  # the step's own words, not only the platform's group name
+            if failed:  # the step's own words, not only the platform's group name; the last failure ended
+                # the run (an earlier one may have been retried)
                 record.update(platform_task=record.get("failed_task"),
                               platform_message=record.get("error_message"),
-                              failed_task=failed[0]["step"], error_message=failed[0]["error"])
+                              failed_task=failed[-1]["step"], error_message=failed[-1]["error"])
             store.log_run(record)
             outcome["run_log"] = {"ok": True, "path": store.folder}
     except Exception as e:  # an unwritable store must not turn the run's status into another one
