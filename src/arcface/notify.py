@@ -5,7 +5,8 @@ The exit step of the pipeline (``dsl.ExitHandler``) calls :func:`report_run_end`
 cluster versions name only the exit handler's group), so every step runs inside :func:`failures_logged`, which
 writes the step's name and its error into the store's run log; the exit step reads it back for its record.
 Neither a missing store nor an unreachable webhook makes it fail: the run's own status is the body's, and a
-notification problem must never turn a finished run into a failed one or hide which step failed. Only the standard library is used, so the light image runs it.
+notification problem must never turn a finished run into a failed one or hide which step failed. Only the
+standard library is used, so the light image runs it.
 """
 
 from __future__ import annotations
