@@ -9,8 +9,9 @@ The pipeline's launcher step (``components/launch_tfjob``, with ``pipeline.py co
 2. **create** the TFJob (:func:`build_tfjob`): N ``Worker`` replicas of our image, each running
    ``python3 -m arcface.launch worker`` (:func:`worker_main`: the train step's own call, ``train(config with
    save_path, manifest)``) with the PVC mounted at the same path. The operator sets ``TF_CONFIG`` in every
-   replica (so :func:`arcface.train.pick_strategy` picks ``MultiWorkerMirroredStrategy``); each worker saves into
-   its own ``worker-<index>/`` (MultiWorkerMirroredStrategy has every worker save; worker 0 is the chief).
+   replica (so :func:`arcface.train.pick_strategy` picks ``MultiWorkerMirroredStrategy``). Every worker resumes
+   from ``<run>/checkpoints/``; only the chief (worker 0) writes it and its save_path ``worker-0/``, the others
+   write to scratch folders of their own (arcface.train).
    A TFJob of this name that already exists (a retried launcher) is followed, not created again;
 3. **follow** it (:func:`follow`) until its ``Succeeded`` or ``Failed`` condition, printing state changes and the
    chief's (worker-0's) log; a job deleted from outside, a failure (naming the failed replicas and the
