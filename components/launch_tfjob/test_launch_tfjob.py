@@ -425,7 +425,7 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_the_workers_command_trains_with_multi_worker_mirrored_strategy(tmp_path):
     """The spec's command, as Kubernetes would run it, in two local processes that find each other through
-    TF_CONFIG: each worker saves into its own folder, and the chief's is a complete model folder."""
+    TF_CONFIG: the chief writes a complete model folder and the shared checkpoints, the other worker nothing."""
     import shutil
     import subprocess
     import sys
@@ -453,9 +453,12 @@ def test_the_workers_command_trains_with_multi_worker_mirrored_strategy(tmp_path
         stderr=subprocess.STDOUT, text=True) for index in range(2)]
     logs = [worker.communicate(timeout=900)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], "\n\n".join(logs)
-    for index in range(2):
-        metadata = json.loads((Path(launch.worker_folder(job.run_dir, index)) / "metadata.json").read_text())
-        assert metadata["replicas"] == 2 and metadata["epochs_completed"] == 1, metadata
+    metadata = json.loads((Path(launch.worker_folder(job.run_dir, 0)) / "metadata.json").read_text())
+    assert metadata["replicas"] == 2 and metadata["epochs_completed"] == 1, metadata
+    assert metadata["checkpoint_dir"] == os.path.join(job.run_dir, launch.CHECKPOINT_KEY)
+    assert list(Path(metadata["checkpoint_dir"]).glob("ckpt-*.index"))
+    other = Path(launch.worker_folder(job.run_dir, 1))
+    assert not other.exists() or not any(other.rglob("*")), sorted(other.rglob("*"))
     result = launch.copy_chief_model(job, str(tmp_path / "model"))
     assert result["stopped"] == "completed" and result["steps"] == 2
     trained = artifacts.load_model_dir(str(tmp_path / "model"))
