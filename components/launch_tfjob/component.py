@@ -18,8 +18,8 @@ def launch_tfjob(config: dict, manifest: Input[Dataset], model: Output[Model], m
     the chief's model folder into ``model.path`` (arcface.launch.launch).
 
     Args:
-        config: the validated TrainConfig from the validate step (each worker's save_path is its own folder in
-            this run's folder on the PVC).
+        config: the validated TrainConfig from the validate step (its save_path is replaced by model/ in this
+            run's folder on the PVC, which only the chief writes).
         manifest: the align step's folder artifact, copied onto the PVC for the workers.
         model: the chief's model folder (arcface.contracts.ModelDir), as the train step writes it.
         metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy, workers.

@@ -34,7 +34,7 @@ JOB_LABEL = "training.kubeflow.org/job-name"
 #: The chief's log: (visible from the n-th status request on, timestamp, line). Fractions of 1 to 9 digits, as
 #: the kubelet writes them; one line that looks like JSON (the generated client would parse it as JSON).
 CHIEF_LOG = [
-    (1, "2026-01-01T00:00:01.5Z", "worker 0: save_path /pvc/arcface-tfjobs/x/worker-0"),
+    (1, "2026-01-01T00:00:01.5Z", "chief: save_path /pvc/arcface-tfjobs/x/model"),
     (1, "2026-01-01T00:00:01.523456789Z", "replicas 2, global batch 8"),  # after .5 (not as text)
     (2, "2026-01-01T00:00:02Z", "epoch 1/1: loss 4.12"),
     (2, "2026-01-01T00:00:02.25Z", '{"epoch": 1, "val_accuracy": 0.5}'),
@@ -220,17 +220,16 @@ def request(pvc: Path, name: str = "arcface-run-1-abc", **kwargs) -> launch.TFJo
 
 
 def workers_finish(pvc: Path, seen: dict):
-    """What the workers leave on the PVC when they succeed (each its own folder; the chief's result file)."""
+    """What the workers leave on the PVC when they succeed (the chief's model folder and result file)."""
     def write(job: dict) -> None:
         run_dir = launch.run_folder(str(pvc), job["metadata"]["name"])
         seen["staged"] = (Path(run_dir) / "manifest" / "crops" / "train" / "s1" / "1.png").is_file()
-        for index in range(job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]):
-            folder = Path(launch.worker_folder(run_dir, index))
-            (folder / "checkpoints").mkdir(parents=True)
-            (folder / "metadata.json").write_text(json.dumps({"epochs_completed": 1, "worker": index}))
-            (folder / "embedding_model.keras").write_bytes(b"model of worker %d" % index)
-            (folder / "checkpoints" / "ckpt-1.index").write_bytes(b"ckpt")
-        Path(run_dir, "worker-0.result.json").write_text(json.dumps({
+        folder = Path(run_dir, launch.MODEL_FOLDER)
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "metadata.json").write_text(json.dumps({"epochs_completed": 1, "worker": 0}))
+        (folder / "embedding_model.keras").write_bytes(b"model of worker 0")
+        (folder / "checkpoints" / "ckpt-1.index").write_bytes(b"ckpt")
+        Path(run_dir, launch.RESULT_FILE).write_text(json.dumps({
             "epochs_completed": 1, "steps": 2, "stopped": "completed", "best_val_accuracy": 0.5,
             "history": [{"epoch": 1, "loss": 4.12, "accuracy": 0.25, "val_accuracy": 0.5}],
             "manifest_sha256": "f" * 64, "images_per_second": 12.5}))
@@ -298,12 +297,6 @@ def test_job_names_are_dns_labels_unique_to_the_run():
     name = launch.job_name("arcface-training-20260101-ABC_def/x" * 3)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 48
     assert launch.job_name("run-1") == launch.job_name("run-1") != launch.job_name("run-2")
-
-
-def test_each_worker_takes_its_index_from_the_operators_tf_config():
-    tf_config = {"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 1}}
-    assert launch.replica_index({"TF_CONFIG": json.dumps(tf_config)}) == 1
-    assert launch.replica_index({}) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,12 +446,14 @@ def test_the_workers_command_trains_with_multi_worker_mirrored_strategy(tmp_path
         stderr=subprocess.STDOUT, text=True) for index in range(2)]
     logs = [worker.communicate(timeout=900)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], "\n\n".join(logs)
-    metadata = json.loads((Path(launch.worker_folder(job.run_dir, 0)) / "metadata.json").read_text())
+    metadata = json.loads((Path(job.model_folder) / "metadata.json").read_text())
     assert metadata["replicas"] == 2 and metadata["epochs_completed"] == 1, metadata
     assert metadata["checkpoint_dir"] == os.path.join(job.run_dir, launch.CHECKPOINT_KEY)
     assert list(Path(metadata["checkpoint_dir"]).glob("ckpt-*.index"))
-    other = Path(launch.worker_folder(job.run_dir, 1))
-    assert not other.exists() or not any(other.rglob("*")), sorted(other.rglob("*"))
+    # Worker 1 wrote nothing of its own there: the run folder holds the staged manifest, the chief's model,
+    # the checkpoints and the chief's result only.
+    assert sorted(p.name for p in Path(job.run_dir).iterdir()) == sorted(
+        [launch.MANIFEST_FOLDER, launch.MODEL_FOLDER, launch.CHECKPOINT_KEY, launch.RESULT_FILE])
     result = launch.copy_chief_model(job, str(tmp_path / "model"))
     assert result["stopped"] == "completed" and result["steps"] == 2
     trained = artifacts.load_model_dir(str(tmp_path / "model"))

@@ -9,9 +9,9 @@ The pipeline's launcher step (``components/launch_tfjob``, with ``pipeline.py co
 2. **create** the TFJob (:func:`build_tfjob`): N ``Worker`` replicas of our image, each running
    ``python3 -m arcface.launch worker`` (:func:`worker_main`: the train step's own call, ``train(config with
    save_path, manifest)``) with the PVC mounted at the same path. The operator sets ``TF_CONFIG`` in every
-   replica (so :func:`arcface.train.pick_strategy` picks ``MultiWorkerMirroredStrategy``). Every worker resumes
-   from ``<run>/checkpoints/``; only the chief (worker 0) writes it and its save_path ``worker-0/``, the others
-   write to scratch folders of their own (arcface.train).
+   replica (so :func:`arcface.train.pick_strategy` picks ``MultiWorkerMirroredStrategy``). Every worker is
+   given the save_path ``<run>/model/`` and resumes from ``<run>/checkpoints/``; only the chief (worker 0)
+   writes them, the others write to scratch folders of their own (arcface.train).
    A TFJob of this name that already exists (a retried launcher) is followed, not created again;
 3. **follow** it (:func:`follow`) until its ``Succeeded`` or ``Failed`` condition, printing state changes and the
    chief's (worker-0's) log; a job deleted from outside, a failure (naming the failed replicas and the
@@ -44,11 +44,12 @@ RUNS_FOLDER = "arcface-tfjobs"
 MANIFEST_FOLDER = "manifest"
 #: The checkpoints' folder inside the run folder, shared by the workers (only the chief writes it).
 CHECKPOINT_KEY = "checkpoints"
-#: Each worker's save_path inside the run folder (worker 0, the chief, is copied into the artifact).
-WORKER_FOLDER = "worker-{index}"
-#: What a worker writes beside its folder: the TrainResult fields the train step logs as metrics.
-RESULT_FILE = "worker-{index}.result.json"
-CHIEF_INDEX = 0
+#: The workers' save_path inside the run folder (only the chief writes it; it is copied into the artifact).
+MODEL_FOLDER = "model"
+#: What the chief writes beside it: the TrainResult fields the train step logs as metrics.
+RESULT_FILE = "result.json"
+#: The chief's replica, as the operator labels it (worker 0 when the TFJob has no Chief replica).
+CHIEF_REPLICA = "worker-0"
 #: Poll intervals outside these bounds are refused: a busy loop on the API server, or a launcher that notices
 #: the end of a job minutes late.
 MIN_POLL_SECONDS, MAX_POLL_SECONDS = 0.01, 300.0
@@ -97,10 +98,6 @@ def run_folder(pvc_mount_path: str, name: str) -> str:
     return os.path.join(pvc_mount_path, RUNS_FOLDER, name)
 
 
-def worker_folder(run_dir: str, index: int) -> str:
-    return os.path.join(run_dir, WORKER_FOLDER.format(index=index))
-
-
 def _k8s_literal(text: str) -> str:
     """A string as Kubernetes passes it on in a container's command: ``$(NAME)`` would be expanded, ``$$`` is ``$``."""
     return text.replace("$", "$$")
@@ -144,6 +141,10 @@ class TFJobRequest:
     @property
     def manifest_dir(self) -> str:
         return os.path.join(self.run_dir, MANIFEST_FOLDER)
+
+    @property
+    def model_folder(self) -> str:
+        return os.path.join(self.run_dir, MODEL_FOLDER)
 
     def command(self) -> list[str]:
         """The workers' command: the train step's own call (see :func:`worker_main`)."""
@@ -316,7 +317,7 @@ def replica_name(pod: Any) -> str:
 
 
 def _is_chief(pod: Any) -> bool:
-    return replica_name(pod) == WORKER_FOLDER.format(index=CHIEF_INDEX)
+    return replica_name(pod) == CHIEF_REPLICA
 
 
 def _termination(pod: Any) -> str | None:
@@ -434,7 +435,7 @@ def follow(api_client, name: str, namespace: str, *, poll_seconds: float = 10.0,
     out = sys.stdout if out is None else out
     c = _constants()
     custom = client.CustomObjectsApi(api_client)
-    chief_log = PodLog(api_client, namespace, out, f"[{WORKER_FOLDER.format(index=CHIEF_INDEX)}] ", clock)
+    chief_log = PodLog(api_client, namespace, out, f"[{CHIEF_REPLICA}] ", clock)
     deadline = clock() + timeout_seconds
     state, condition, errors = None, None, 0
 
@@ -515,12 +516,12 @@ def copy_chief_model(request: TFJobRequest, model_dir: str) -> dict[str, Any]:
     """The chief's model folder into ``model_dir``; return its TrainResult fields (the worker's result file)."""
     from arcface.contracts import ModelDir
 
-    chief = worker_folder(request.run_dir, CHIEF_INDEX)
+    chief = request.model_folder
     if not os.path.isfile(os.path.join(chief, ModelDir.METADATA_FILE)):
         raise TFJobError(f"TFJob {request.namespace}/{request.name} succeeded but its chief wrote no model under "
                          f"{chief} (no {ModelDir.METADATA_FILE})")
     shutil.copytree(chief, model_dir, dirs_exist_ok=True)
-    result_file = os.path.join(request.run_dir, RESULT_FILE.format(index=CHIEF_INDEX))
+    result_file = os.path.join(request.run_dir, RESULT_FILE)
     if os.path.isfile(result_file):
         with open(result_file, encoding="utf-8") as f:
             return json.load(f)
@@ -543,7 +544,7 @@ def launch(request: TFJobRequest, manifest_dir: str, model_dir: str, *, api_clie
     follow(api_client, request.name, request.namespace, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
            out=out, clock=clock, sleep=sleep)
     result = copy_chief_model(request, model_dir)
-    _say(out, f"copied the chief's model ({worker_folder(request.run_dir, CHIEF_INDEX)}) into {model_dir}")
+    _say(out, f"copied the chief's model ({request.model_folder}) into {model_dir}")
     if not keep_run_folder:
         shutil.rmtree(request.run_dir, ignore_errors=True)
     return result
@@ -552,21 +553,12 @@ def launch(request: TFJobRequest, manifest_dir: str, model_dir: str, *, api_clie
 # ---------------------------------------------------------------------------------------------------------
 # The workers' entry point: python3 -m arcface.launch worker --config JSON --manifest DIR --run-dir DIR
 # ---------------------------------------------------------------------------------------------------------
-def replica_index(environ: Mapping[str, str] = os.environ) -> int:
-    """This worker's index from the TF_CONFIG the operator set (0 without one: a single worker)."""
-    text = environ.get("TF_CONFIG")
-    if not text:
-        return CHIEF_INDEX
-    task = json.loads(text).get("task") or {}
-    return int(task.get("index", CHIEF_INDEX))
-
-
 def worker_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arcface.launch",
                                      description="the TFJob workers' command (see arcface.launch)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("worker", help="train as one worker of a TFJob: the train step's call, save_path "
-                                      "<run-dir>/worker-<index>")
+                                      "<run-dir>/model (written by the chief only)")
     p.add_argument("--config", required=True, help="the validated TrainConfig as JSON (the train step's dict)")
     p.add_argument("--manifest", required=True, help="the manifest folder (staged on the PVC)")
     p.add_argument("--run-dir", required=True, help="the run's folder on the PVC")
@@ -576,19 +568,20 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     from arcface import atomic
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
-    from arcface.train import train
+    from arcface.train import tf_config_is_chief, train
 
-    index = replica_index()
-    save_path = worker_folder(args.run_dir, index)
-    print(f"worker {index}: save_path {save_path}", flush=True)
+    save_path = os.path.join(args.run_dir, MODEL_FOLDER)
+    chief = tf_config_is_chief()
+    print(f"{'chief' if chief else 'worker'}: save_path {save_path}", flush=True)
     config = {**json.loads(args.config), "save_path": save_path}
     if not config.get("checkpoint_dir"):  # every worker resumes from the checkpoints the chief writes
         config.update(checkpoint_dir=args.run_dir, checkpoint_key=CHECKPOINT_KEY)
     result = train(from_dict(config), ManifestDir.read(args.manifest))
-    atomic.write_json(os.path.join(args.run_dir, RESULT_FILE.format(index=index)), {
-        "epochs_completed": result.epochs_completed, "steps": result.steps, "stopped": result.stopped,
-        "best_val_accuracy": result.best_val_accuracy, "history": result.history,
-        "manifest_sha256": result.manifest_sha256, "images_per_second": result.images_per_second})
+    if chief:
+        atomic.write_json(os.path.join(args.run_dir, RESULT_FILE), {
+            "epochs_completed": result.epochs_completed, "steps": result.steps, "stopped": result.stopped,
+            "best_val_accuracy": result.best_val_accuracy, "history": result.history,
+            "manifest_sha256": result.manifest_sha256, "images_per_second": result.images_per_second})
     return 0 if result.stopped in OK_STOPS else 1
 
 
