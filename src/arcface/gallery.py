@@ -228,8 +228,6 @@ class GalleryIndex:
                                f"{self.dimension}; embed the probe with the index's model")
         if self.kind == "hnsw":
             self.faiss_index.hnsw.efSearch = max(HNSW_EF_SEARCH, top_k)
-        elif self.kind == "ivf":
-            self.faiss_index.nprobe = ivf_probes(self.faiss_index.nlist)
         scores, rows = self.faiss_index.search(embeddings, min(top_k, len(self.records)))
         return [[Match(self.records[r].identity, self.records[r].path, float(s))
                  for s, r in zip(row_scores, row_ids, strict=True) if r >= 0]
