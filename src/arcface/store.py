@@ -118,11 +118,6 @@ class ModelStore:
             raise StoreError(f"version {version} is not in {self.folder}; it has {self.versions() or 'none'}")
         return StoreVersion.read(os.path.join(self.extra_dir(version), LINEAGE_FILE))
 
-    def champion_dir(self) -> str | None:
-        """The folder a champion is loaded from (its assets.extra/, holding model.keras and the card)."""
-        version = self.current()
-        return None if version is None else self.extra_dir(version)
-
     def list(self) -> list[dict[str, Any]]:
         current = self.current()
         rows = []
