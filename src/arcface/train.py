@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from arcface import __version__, artifacts, atomic, precision
 from arcface.config import TrainConfig
+from arcface.contracts import AlignedDir
 from arcface.data import make_dataset
 from arcface.models import MarginHead, build_models
 
@@ -558,7 +559,7 @@ class Trainer:
             "normalization": artifacts.NORMALIZATION, "center_crop": self.config.center_crop,
             "backbone": self.config.backbone, "margin": self.config.margin,
             # what the model was trained on (from the manifest, not the config): every entrance aligns the same way
-            "alignment": self.manifest.alignment or {"method": "none"},
+            "alignment": AlignedDir.alignment_of(self.manifest),
             "replicas": self.replicas, "global_batch_size": self.config.batch_size,
             "sync_batchnorm": self.replicas > 1 and self.config.sync_batchnorm,
             "checkpoint_dir": self.checkpoint_dir, "checkpoint_key": self.checkpoint_key,
