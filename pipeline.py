@@ -3,6 +3,7 @@
     python pipeline.py compile [--output arcface_pipeline.yaml] [--gpu nvidia.com/gpu --gpu-count 1]
                                [--node-selector K=V] [--toleration KEY[=VALUE]:EFFECT] [--pvc NAME --pvc-mount /data]
                                [--workers N --gpus-per-worker G --tfjob-timeout MINUTES]   # a TFJob, needs --pvc
+                               [--image-digests FILE | --no-image-digests]   # images by digest (build.sh --push)
     python pipeline.py run --local [--config YAML] [--data sample/orl] [--param k=v ...] [--output runs/local]
     python pipeline.py run --docker [same options]     # every step in its image (kfp.local.DockerRunner)
     python pipeline.py submit --host URL [--experiment NAME] [--namespace NS] [--token T] [--param k=v ...]
@@ -23,7 +24,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from arcface import images
 from components.cluster import check_cron, parse_every, schedule, submit  # noqa: F401 - the public commands
+from components.common import REPOSITORY
 from components.dag import (  # noqa: F401 - re-exported: ``pipeline.build_pipeline`` etc. are the entry points
     BACKOFF_FACTOR,
     BACKOFF_MAX,
@@ -73,6 +76,15 @@ def _add_deploy_options(p: argparse.ArgumentParser) -> None:
                         "switches the workers to the GPU image). Default 0")
     g.add_argument("--tfjob-timeout", type=float, default=DeployOptions.tfjob_timeout_minutes, metavar="MINUTES",
                    help="the launcher deletes the TFJob and fails after this many minutes (default 3 days)")
+    g = p.add_argument_group("images (compile-time)")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--image-digests", metavar="FILE",
+                       help="name the images by the digests in FILE (repo/flavor@sha256:..., written by "
+                            "docker/build.sh --push); FILE must be for this version and ARCFACE_IMAGE_REPOSITORY. "
+                            f"Default: {images.DIGESTS_FILE_IN_CHECKOUT} in the checkout (or ${images.DIGESTS_ENV}) "
+                            "when it exists and is for them, else the tags")
+    which.add_argument("--no-image-digests", action="store_true",
+                       help="name the images by their tags (<repository>/<flavor>:<version>) even if digests exist")
 
 
 def deploy_options(args: argparse.Namespace) -> DeployOptions:
@@ -82,10 +94,12 @@ def deploy_options(args: argparse.Namespace) -> DeployOptions:
         if not sep or not key:
             raise ValueError(f"--node-selector {item!r}: expected KEY=VALUE")
         selectors.append((key, value))
+    pins = images.load_pins(args.image_digests, use_digests=not args.no_image_digests, repo=REPOSITORY)
     return DeployOptions(gpu_type=args.gpu, gpu_count=args.gpu_count, node_selector=tuple(selectors),
                          tolerations=tuple(Toleration.parse(t) for t in args.toleration), pvc_name=args.pvc,
                          pvc_mount_path=args.pvc_mount, workers=args.workers,
-                         gpus_per_worker=args.gpus_per_worker, tfjob_timeout_minutes=args.tfjob_timeout)
+                         gpus_per_worker=args.gpus_per_worker, tfjob_timeout_minutes=args.tfjob_timeout,
+                         images=pins)
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kfp import compiler, dsl
 
+from arcface import __version__, images
 from arcface import config as cfg
 from components.align import align_faces
-from components.common import CPU_IMAGE, GPU_IMAGE
+from components.common import CPU_IMAGE, FLAVOR_OF_TAG, GPU_IMAGE, REPOSITORY
 from components.evaluate import evaluate_model, quality_gate
 from components.export import export_model
 from components.launch_tfjob import launch_tfjob
@@ -123,6 +125,9 @@ class DeployOptions:
     that runs a TFJob of the Kubeflow Training Operator, whose workers get gpus_per_worker accelerators of
     gpu_type (default nvidia.com/gpu), the node selector and the tolerations; it needs the PVC (the workers
     share a folder of the run on it) and gives up (deleting the job) after tfjob_timeout_minutes.
+
+    images: the image references (:class:`arcface.images.ImagePins`, from ``pipeline.py compile --image-digests``
+    or the digests file ``docker/build.sh --push`` wrote); None keeps the tags.
     """
 
     gpu_type: str | None = None
@@ -137,6 +142,7 @@ class DeployOptions:
     workers: int = 1
     gpus_per_worker: int = 0
     tfjob_timeout_minutes: float = 3 * 24 * 60
+    images: images.ImagePins | None = None
 
     def __post_init__(self):
         if self.workers < 1:
@@ -289,8 +295,55 @@ def build_pipeline(options: DeployOptions | None = None):
     return dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)(arcface_pipeline)
 
 
-def compile_pipeline(output: str, options: DeployOptions | None = None) -> str:
-    compiler.Compiler().compile(build_pipeline(options), output)
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _replace_strings(value: Any, mapping: Mapping[str, str], found: set[str]) -> Any:
+    if isinstance(value, str):
+        if value in mapping:
+            found.add(value)
+            return mapping[value]
+        return value
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, mapping, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(v, mapping, found) for v in value]
+    return value
+
+
+def pin_images(pipeline, pins: images.ImagePins | None) -> dict[str, str]:
+    """Name the images of ``pipeline`` (a compiled GraphComponent, changed in place) as ``pins`` say: every string of
+    its spec that is one of our tags (the executors' images, the TFJob launcher's worker image) becomes the flavor's
+    digest reference where ``pins`` has one. Returns the tags the spec holds -> the reference it now uses."""
+    from google.protobuf import json_format
+
+    pins = pins or images.ImagePins(REPOSITORY, __version__)
+    if pins.repository != REPOSITORY or pins.version != __version__:
+        raise ValueError(f"image pins for {pins.repository} {pins.version}, but the components name "
+                         f"{REPOSITORY} {__version__} (ARCFACE_IMAGE_REPOSITORY when they were imported)")
+    mapping = {tag: pins.reference(flavor) or tag for tag, flavor in FLAVOR_OF_TAG.items()}
+    spec = pipeline.pipeline_spec
+    found: set[str] = set()
+    as_dict = _replace_strings(json_format.MessageToDict(spec), mapping, found)
+    if any(mapping[tag] != tag for tag in found):
+        spec.Clear()
+        json_format.ParseDict(as_dict, spec)
+    return {tag: mapping[tag] for tag in sorted(found, key=list(FLAVOR_OF_TAG).index)}
+
+
+def compile_pipeline(output: str, options: DeployOptions | None = None,
+                     report: Callable[[str], None] | None = _stderr) -> str:
+    """Write the pipeline's IR YAML to ``output``; its images are named as ``options.images`` says (digest or tag),
+    and ``report`` (default: stderr) hears one line per image saying which reference was used and why."""
+    options = options or DeployOptions()
+    pipeline = build_pipeline(options)
+    used = pin_images(pipeline, options.images)
+    compiler.Compiler().compile(pipeline, output)
+    if report is not None:
+        pins = options.images or images.ImagePins(REPOSITORY, __version__)
+        for tag in used:
+            report(f"image {pins.describe(FLAVOR_OF_TAG[tag], tag)}")
     return output
 
 

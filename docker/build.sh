@@ -6,6 +6,7 @@
 #   docker/build.sh --offline-wheels DIR     # build with the wheels in DIR, no network at all
 #   docker/build.sh --flavors cpu            # a subset: any of cpu,validate,gpu
 #   docker/build.sh --flavors gpu --gpu-base tensorflow/tensorflow:2.21.0-gpu   # base must be in the engine
+#   ARCFACE_IMAGE_REPOSITORY=127.0.0.1:5000/arcface docker/build.sh --push   # build, push, record the digests
 #
 # Options:
 #   --flavors LIST        comma-separated cpu,validate,gpu (default cpu,validate; gpu is built only
@@ -17,6 +18,12 @@
 #   --download-only       fetch the wheels into the wheel dir, print its path, exit
 #   --base-image IMAGE    base for cpu/validate instead of the debootstrap one (Debian-like, python3 + venv)
 #   --gpu-base IMAGE      base for gpu (default tensorflow/tensorflow:2.21.0-gpu)
+#   --push                after building, push each image to ARCFACE_IMAGE_REPOSITORY (which must be set: the
+#                         default repository arcface-kfp names no registry) and record its digest in the
+#                         digests file, which `pipeline.py compile` reads to name the images by digest
+#   --digests-file FILE   where --push records the digests (default: $ARCFACE_IMAGE_DIGESTS, else
+#                         build/image-digests.json in the checkout). Entries of other flavors are kept when the
+#                         file is for the same repository and version; otherwise the file is started anew
 #
 # Tags come from arcface.images (python -m arcface.images), i.e. <repository>/<flavor>:<version>;
 # ARCFACE_IMAGE_REPOSITORY changes the repository. Needs a running engine at DOCKER_HOST (see
@@ -57,6 +64,8 @@ wheel_dir=
 download_only=0
 base_override=
 gpu_base=tensorflow/tensorflow:2.21.0-gpu
+push=0
+digests_file=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --flavors) flavors=$2; shift 2 ;;
@@ -65,6 +74,8 @@ while [[ $# -gt 0 ]]; do
     --download-only) download_only=1; shift ;;
     --base-image) base_override=$2; shift 2 ;;
     --gpu-base) gpu_base=$2; shift 2 ;;
+    --push) push=1; shift ;;
+    --digests-file) digests_file=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -75,7 +86,19 @@ log() { echo "build.sh: $*" >&2; }
 quiet_pip() { "$PYTHON" -m pip "$@" 2> >(grep -v -e 'is ignored: it is neither' -e 'Running pip as the' >&2); }
 
 # ---- tags and version, from the one place they are defined ----
-eval "$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface.images)"   # VERSION, CPU_IMAGE, GPU_IMAGE, VALIDATE_IMAGE, BASE_IMAGE
+# VERSION, REPOSITORY, DEFAULT_REPOSITORY, CPU_IMAGE, GPU_IMAGE, VALIDATE_IMAGE, BASE_IMAGE, DIGESTS_FILE
+eval "$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface.images)"
+if [[ $push == 1 ]]; then
+  if [[ $download_only == 1 ]]; then log "--push builds and pushes the images; it does not go with --download-only"; exit 2; fi
+  if [[ $REPOSITORY == "$DEFAULT_REPOSITORY" ]]; then
+    log "--push: ARCFACE_IMAGE_REPOSITORY is not set, so the images are named $DEFAULT_REPOSITORY/<flavor>:$VERSION, which"
+    log "names no registry. Set it to the repository to push to, e.g."
+    log "  ARCFACE_IMAGE_REPOSITORY=127.0.0.1:5000/arcface docker/build.sh --push"
+    exit 2
+  fi
+  digests_file=${digests_file:-$DIGESTS_FILE}
+  if [[ -z $digests_file ]]; then log "--push: no default digests file outside a checkout; give --digests-file PATH"; exit 2; fi
+fi
 SOURCE_URL=$(git -C "$REPO" remote get-url origin 2>/dev/null || true)
 if [[ -z $SOURCE_URL ]]; then   # else pyproject's [project.urls] Source / Repository / Homepage
   SOURCE_URL=$("$PYTHON" -c '
@@ -85,6 +108,12 @@ print(next((urls[k] for k in ("Source", "Repository", "Homepage") if k in urls),
 fi
 SOURCE_URL=${ARCFACE_SOURCE_URL:-${SOURCE_URL:-unknown}}
 REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
+# What the digests file records: the revision, marked -dirty when what the images are built from has uncommitted
+# changes (then `pipeline.py compile` warns that the image may not be this checkout's code).
+PUSHED_REVISION=$REVISION
+if [[ $REVISION != unknown && -n $(git -C "$REPO" status --porcelain -- src pyproject.toml docker 2>/dev/null) ]]; then
+  PUSHED_REVISION=$REVISION-dirty
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/arcface-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -219,6 +248,48 @@ build_image() {
   rm -rf "$ctx"
 }
 
+# ---- 4. push (--push) ----
+registry_of() {
+  # The registry host of a repository as docker reads it: a first component with a dot or a port, or localhost.
+  local first=${1%%/*}
+  if [[ $1 == */* && ( $first == *.* || $first == *:* || $first == localhost ) ]]; then echo "$first"; else echo "Docker Hub"; fi
+}
+
+push_hint() {
+  local out=$1 registry
+  registry=$(registry_of "$REPOSITORY")
+  case $out in
+    *"HTTP response to HTTPS client"*)
+      echo "the registry $registry speaks plain http, which the engine allows only for registries on 127.0.0.0/8" \
+           "(or named by dockerd --insecure-registry): serve it with TLS, or reach it through 127.0.0.1 (e.g. ssh -L)" ;;
+    *"connection refused"*|*"no such host"*|*"i/o timeout"*|*"dial tcp"*|*"connection reset"*)
+      echo "nothing answers at $registry: start the registry, or fix ARCFACE_IMAGE_REPOSITORY=$REPOSITORY" ;;
+    *unauthorized*|*denied*|*"authentication required"*)
+      echo "the registry $registry refused the push: log in first (docker login $registry) and check that you may push to $REPOSITORY" ;;
+    *)
+      echo "see docker's output above; check that the registry $registry is up and that ARCFACE_IMAGE_REPOSITORY=$REPOSITORY names it" ;;
+  esac
+}
+
+push_image() {
+  local flavor=$1 tag=$2 out digest ref start=$SECONDS
+  log "pushing $tag"
+  if ! out=$(docker push "$tag" 2>&1); then
+    printf '%s\n' "$out" | tail -n 20 >&2
+    log "push of $tag failed: $(push_hint "$out")"
+    exit 1
+  fi
+  # docker push ends with "<tag>: digest: sha256:... size: N"; else the image's RepoDigests for this name.
+  digest=$(printf '%s\n' "$out" | grep -oE 'digest: sha256:[0-9a-f]{64}' | tail -n 1 | cut -d' ' -f2 || true)
+  if [[ -z $digest ]]; then
+    digest=$(docker image inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$tag" | grep -F "${tag%:*}@" | head -n 1 | cut -d@ -f2 || true)
+  fi
+  if [[ -z $digest ]]; then printf '%s\n' "$out" >&2; log "pushed $tag but docker reported no digest (output above)"; exit 1; fi
+  ref=$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface.images record --file "$digests_file" --flavor "$flavor" \
+          --digest "$digest" --revision "$PUSHED_REVISION")
+  log "pushed $ref in $((SECONDS - start)) s; recorded in $digests_file"
+}
+
 build_own_wheel
 if [[ -n $offline_wheels ]]; then
   [[ -d $offline_wheels ]] || { log "--offline-wheels $offline_wheels: no such directory"; exit 1; }
@@ -243,17 +314,24 @@ else
 fi
 
 IFS=, read -r -a wanted <<<"$flavors"
+built=()
 for flavor in "${wanted[@]}"; do
   case $flavor in
-    cpu) build_image cpu "$CPU_IMAGE" "$REPO/docker/Dockerfile" "$base" ;;
-    validate) build_image validate "$VALIDATE_IMAGE" "$REPO/docker/Dockerfile.validate" "$base" ;;
+    cpu) build_image cpu "$CPU_IMAGE" "$REPO/docker/Dockerfile" "$base"; built+=("cpu=$CPU_IMAGE") ;;
+    validate) build_image validate "$VALIDATE_IMAGE" "$REPO/docker/Dockerfile.validate" "$base"; built+=("validate=$VALIDATE_IMAGE") ;;
     gpu)
       if docker image inspect "$gpu_base" >/dev/null 2>&1; then
-        build_image gpu "$GPU_IMAGE" "$REPO/docker/Dockerfile.gpu" "$gpu_base"
+        build_image gpu "$GPU_IMAGE" "$REPO/docker/Dockerfile.gpu" "$gpu_base"; built+=("gpu=$GPU_IMAGE")
       else
         log "skipping gpu: base image $gpu_base is not in the engine (no registry here; docker load it, or --gpu-base IMAGE)"
+        if [[ $push == 1 ]]; then log "gpu is not built, so not pushed: the pipeline keeps its tag until it is"; fi
       fi ;;
     *) log "unknown flavor $flavor"; exit 2 ;;
   esac
 done
 docker images --filter "reference=$(dirname "$CPU_IMAGE")/*" >&2
+if [[ $push == 1 ]]; then
+  for item in "${built[@]}"; do push_image "${item%%=*}" "${item#*=}"; done
+  log "compile with these digests: ARCFACE_IMAGE_REPOSITORY=$REPOSITORY python pipeline.py compile" \
+      "$( [[ $digests_file == "$DIGESTS_FILE" ]] || echo "--image-digests $digests_file")"
+fi

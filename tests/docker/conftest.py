@@ -15,14 +15,21 @@ fixture stops it by its pid at the end of the session. Images: ``docker/build.sh
 (wheels, cached; needs PyPI the first time; skipped when ``ARCFACE_OFFLINE_WHEELS=DIR`` names a
 ready wheel dir), then ``docker/build.sh --offline-wheels DIR`` (base image via debootstrap, cached;
 the images, layer-cached). ``ARCFACE_DOCKER_FLAVORS`` (default ``cpu,validate``; cpu is always built) picks the images.
+
+``local_registry`` starts a real registry (Debian's ``docker-registry``, ``apt-get install -y docker-registry``)
+on 127.0.0.1 and a free port, storing in the test's tmp_path, and stops it by its pid afterwards: the engine
+pushes to it over plain http, which dockerd allows for 127.0.0.0/8 without configuration.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,3 +170,83 @@ def _image_exists(tag: str, env: dict[str, str]) -> bool:
         ).returncode
         == 0
     )
+
+
+# ---------------------------------------------------------------- a registry on 127.0.0.1
+
+REGISTRY_BINARY = "docker-registry"  # Debian's package of the distribution registry (/usr/bin/docker-registry)
+REGISTRY_START_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class LocalRegistry:
+    """A running registry: ``host`` (127.0.0.1:PORT) is what image names start with, ``url`` its HTTP API."""
+
+    host: str
+    url: str
+    pid: int
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/v2/", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture
+def local_registry(request: pytest.FixtureRequest, tmp_path: Path):
+    binary = shutil.which(REGISTRY_BINARY) or next(
+        (p for p in ("/usr/bin/docker-registry", "/usr/sbin/docker-registry") if os.access(p, os.X_OK)), None)
+    if not _opted_in(request.config):
+        pytest.skip("docker tier not requested: run `pytest -m docker` or set ARCFACE_DOCKER_TESTS=1"
+                    + ("" if binary else "; it also needs a registry: apt-get install -y docker-registry (as root)"))
+    if binary is None:
+        pytest.fail("docker tier requested but there is no registry to push to: apt-get install -y docker-registry "
+                    "(as root; Debian's package of the distribution registry, /usr/bin/docker-registry)")
+    log = tmp_path / "registry.log"
+    for _attempt in range(3):  # the free port may be taken between probing it and the registry binding it
+        port = _free_port()
+        config = tmp_path / "registry.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n"
+        )
+        with log.open("a") as out:
+            proc = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + REGISTRY_START_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline and not _answers(url):
+            time.sleep(0.2)
+        if proc.poll() is None and _answers(url):
+            break
+        _stop(proc)
+    else:
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        pytest.fail(f"docker tier requested but {binary} did not start on 127.0.0.1 (3 tries); its log {log}:\n{tail}")
+    try:
+        yield LocalRegistry(host=f"127.0.0.1:{port}", url=url, pid=proc.pid, log=log)
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the registry's pid, SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
