@@ -1,6 +1,7 @@
-"""Runs the sharded Partial-FC loss on two logical CPU devices and writes what it computed as JSON.
+"""Runs the sharded Partial-FC loss, or a training run, on two logical CPU devices and writes what it saw as JSON.
 
-    python -m tests.train.sharded_probe OUT.json
+    python -m tests.train.sharded_probe loss OUT.json
+    python -m tests.train.sharded_probe train OUT.json MANIFEST SAVE_PATH
 
 A separate process: logical devices are fixed once TensorFlow starts, and would leak into other tests. The
 test (test_partial_fc_sharded.py) compares the numbers with a NumPy reference; nothing is asserted here.
@@ -108,7 +109,41 @@ def memory(strategy, n_classes=10_000, dim=64) -> dict:
             "sharded": variable_bytes_by_device(strategy, sharded.centers.variables)}
 
 
-def main(out: str) -> None:
+def trainer_bytes(trainer) -> dict[str, dict[str, int]]:
+    """Bytes per device of the centres, and of all variables (model, centre shards, optimizer), of a Trainer."""
+    head = trainer.head
+    centers = head.centers.variables if head.sharded else [head.centers]
+    everything = [*trainer.training_model.variables, *trainer.optimizer.variables,
+                  *(head.centers.variables if head.sharded else [])]
+    return {"centers": variable_bytes_by_device(trainer.strategy, centers),
+            "all": variable_bytes_by_device(trainer.strategy, everything)}
+
+
+def train(out: str, manifest_path: str, save_path: str) -> None:
+    """A short run at sample_rate 0.5, its resumption, and the bytes each replica holds against sample_rate 1."""
+    from arcface.data import Manifest
+    from arcface.train import Trainer, pick_strategy
+    from arcface.train import train as run
+    from tests.train.conftest import tiny_config
+
+    strategy = setup()
+    assert pick_strategy().num_replicas_in_sync == 2
+    manifest = Manifest.read(manifest_path)
+    settings = dict(sample_rate=0.5, epochs=6, lr=0.1, steps_per_epoch=3, embedding_size=16)
+    first = run(tiny_config(save_path, **settings), manifest, verbose=1)
+    resumed = run(tiny_config(save_path, **{**settings, "epochs": 7}), manifest, verbose=1)
+    # A mixed policy saves float32 copies of the models, layer by layer: the sharded head's too.
+    mixed = run(tiny_config(f"{save_path}-mixed", **{**settings, "epochs": 1, "precision": "mixed_bfloat16"}),
+                manifest, verbose=0)
+    memory = {rate: trainer_bytes(Trainer(tiny_config(f"{save_path}-{rate}", **{**settings, "sample_rate": rate}),
+                                          manifest, verbose=0)) for rate in (0.5, 1.0)}
+    result = {"replicas": strategy.num_replicas_in_sync, "history": first.history, "resumed": resumed.history,
+              "resumed_steps": resumed.steps, "mixed": mixed.history, "memory": memory}
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+def loss(out: str) -> None:
     strategy = setup()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, DIM)).astype(np.float32)
@@ -134,4 +169,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    {"loss": loss, "train": train}[sys.argv[1]](*sys.argv[2:])

@@ -82,7 +82,7 @@ def test_the_reference_gradient_is_the_derivative_of_the_reference_loss():
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe") / "probe.json"
-    done = subprocess.run([sys.executable, "-m", "tests.train.sharded_probe", str(out)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tests.train.sharded_probe", "loss", str(out)], capture_output=True,
                           text=True, env=env(), timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
@@ -144,3 +144,69 @@ def test_each_replica_holds_half_the_centres(probe):
     for device, held in memory["mirrored"].items():
         assert held == whole, "today (mirrored) every replica holds all centres"
         assert memory["sharded"][device] == whole // 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training with the trainer
+# ---------------------------------------------------------------------------------------------------------
+CENTERS_KEY = "model/_operations/3/centers/.ATTRIBUTES/VARIABLE_VALUE"  # the head's, sharded or not
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tiny_manifest, tmp_path_factory):
+    """Six epochs at sample_rate 0.5 on two logical devices, then one more resumed from the checkpoint."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    tiny_manifest.write(str(tmp / "manifest.json"))
+    done = subprocess.run([sys.executable, "-m", "tests.train.sharded_probe", "train", str(tmp / "out.json"),
+                           str(tmp / "manifest.json"), str(tmp / "run")], capture_output=True, text=True,
+                          env=env(), timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Partial-FC across replicas: 2-2 of the 4 class centres on each replica" in done.stdout
+    assert "resuming from ckpt-18 at epoch 7" in done.stdout
+    return tmp, json.loads((tmp / "out.json").read_text())
+
+
+@pytest.mark.slow
+def test_training_on_two_replicas_learns_saves_and_resumes(sharded_run, tiny_manifest):
+    import tensorflow as tf
+
+    from arcface import artifacts
+    from arcface.train import train
+    from tests.train.conftest import tiny_config
+
+    tmp, out = sharded_run
+    losses = [h["loss"] for h in out["history"]]
+    print("sharded Partial-FC, 2 replicas, loss per epoch:", [round(x, 3) for x in losses])
+    assert out["replicas"] == 2 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0] and min(losses[-3:]) < 0.75 * losses[0], losses
+    assert [h["epoch"] for h in out["resumed"]] == list(range(1, 8)) and out["resumed_steps"] == 21
+    assert np.isfinite(out["mixed"][0]["loss"])
+
+    run = tmp / "run"
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    saved = np.asarray(tf.train.load_variable(latest, CENTERS_KEY))
+    assert saved.shape == (4, 16), "the checkpoint holds every class's centre, in one tensor"
+    model = artifacts.load_keras(run / artifacts.TRAINING_MODEL_FILE)
+    np.testing.assert_array_equal(model.get_layer("head").centers.numpy(), saved)
+    embedding = artifacts.load_keras(run / artifacts.EMBEDDING_MODEL_FILE)
+    vectors = embedding(np.zeros((2, 48, 48, 3), np.float32)).numpy()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert (run / "best" / artifacts.EMBEDDING_MODEL_FILE).is_file()
+
+    # The checkpoint of two shards resumes on one device (this process): one matrix, sliced on the way in.
+    one = train(tiny_config(run, sample_rate=0.5, epochs=8, lr=0.1, steps_per_epoch=3, embedding_size=16),
+                tiny_manifest, verbose=0)
+    assert one.epochs_completed == 8 and one.steps == 24 and np.isfinite(one.history[-1]["loss"])
+
+
+@pytest.mark.slow
+def test_the_trainer_holds_half_the_centres_on_each_replica(sharded_run):
+    memory = sharded_run[1]["memory"]
+    sharded, mirrored = memory["0.5"], memory["1.0"]
+    print("bytes per device:", json.dumps(memory, indent=1))
+    assert len(sharded["centers"]) == 2
+    for device, held in mirrored["centers"].items():
+        assert held == 4 * 16 * 4
+        assert sharded["centers"][device] == held // 2
+        # all variables: the half of the centres, and the momentum the full softmax keeps for all of them
+        assert mirrored["all"][device] - sharded["all"][device] == held // 2 + held

@@ -49,7 +49,10 @@ class MarginHead(keras.layers.Layer):
                  easy_margin: bool = False, sample_rate: float = 1.0, margin_gradient: str = "exact",
                  sharded_centers: ShardedVariable | None = None, **kwargs):
         super().__init__(**{**kwargs, "dtype": "float32"})
-        self._sharded_centers = sharded_centers
+        if sharded_centers is not None:
+            # Not a Keras weight (Keras would make it one matrix), and under this one name only: a checkpoint
+            # keys it as it keys the unsharded weight, `centers`.
+            self.centers = sharded_centers
         self.n_classes = int(n_classes)
         self.scale = float(scale)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
@@ -60,13 +63,10 @@ class MarginHead(keras.layers.Layer):
     def build(self, input_shape):
         embedding_shape = input_shape[0] if isinstance(input_shape, list | tuple) and isinstance(
             input_shape[0], list | tuple) else input_shape
-        if self._sharded_centers is not None:
+        if self.sharded:
             want = (self.n_classes, int(embedding_shape[-1]))
-            if tuple(self._sharded_centers.shape) != want:
-                raise ValueError(f"sharded centres of shape {tuple(self._sharded_centers.shape)}, not {want}")
-            # Not a Keras weight (Keras would make it one matrix): tracked as the attribute `centers`, so that a
-            # checkpoint keys it as it keys the unsharded weight.
-            self.centers = self._sharded_centers
+            if tuple(self.centers.shape) != want:
+                raise ValueError(f"sharded centres of shape {tuple(self.centers.shape)}, not {want}")
             return
         # Rows are class centres so that Partial-FC can gather a sample of them without a transpose.
         self.centers = self.add_weight(name="centers", shape=(self.n_classes, int(embedding_shape[-1])),
