@@ -19,7 +19,14 @@ Storage: every shard is a plain ``tf.Variable`` on its replica's device, created
 (inside it, MirroredStrategy would mirror it: the whole matrix on every device), and the shards form one
 ``ShardedVariable`` (TensorFlow's row-partitioned variable, ``tf.__internal__.distribute.ShardedVariable``),
 which saves as slices of a single [C, D] tensor: a checkpoint holds all centres under the key an unsharded head
-uses, and restores into any number of shards (one device included).
+uses, and restores into any number of shards (one device included). The strategy's own variables do not fit:
+MirroredStrategy gives every replica all rows of a variable made in its scope, and its per-replica kind
+(synchronization=ON_READ) refuses scatter updates ("doesn't support scatter_sub") and checkpoints a single
+aggregated copy. Keras does not see the shards as a weight; MarginHead's get/set_weights and
+save/load_own_variables give and take the whole matrix instead, so a saved head is an ordinary one.
+
+Several workers (MultiWorkerMirroredStrategy) are not supported: each worker holds only its own devices' shards,
+and the chief's checkpoint would lack the others' rows (arcface_torch writes one file per rank instead).
 """
 
 from __future__ import annotations
