@@ -37,10 +37,10 @@ def sharded_head(strategy, n_classes, dim, sample_rate, seed=0):
     return head
 
 
-_STEPS: dict[int, tf.types.experimental.PolymorphicFunction] = {}
+_STEPS: dict[tuple[int, float], tf.types.experimental.PolymorphicFunction] = {}
 
 
-def sharded_step(strategy, head, x, labels):
+def sharded_step(strategy, head, x, labels, label_smoothing=0.0):
     """Loss and gradients (embeddings, every shard) of one sharded step, and the classes each shard sampled."""
     from arcface.models.partial_fc import ShardedPartialFC
 
@@ -48,8 +48,8 @@ def sharded_step(strategy, head, x, labels):
     per_replica = strategy.experimental_distribute_values_from_function(
         lambda ctx: (tf.constant(x[ctx.replica_id_in_sync_group * half:][:half]),
                      tf.constant(labels[ctx.replica_id_in_sync_group * half:][:half])))
-    if id(head) not in _STEPS:
-        pfc = ShardedPartialFC(head)
+    if (id(head), label_smoothing) not in _STEPS:
+        pfc = ShardedPartialFC(head, label_smoothing)
 
         def replica(inputs):
             features, own = inputs
@@ -61,8 +61,8 @@ def sharded_step(strategy, head, x, labels):
             return (loss, grad_x, tf.convert_to_tensor(grad_w), out.index + out.start, out.own_loss_sum,
                     out.own_correct)
 
-        _STEPS[id(head)] = tf.function(lambda v: strategy.run(replica, args=(v,)))
-    results = _STEPS[id(head)](per_replica)
+        _STEPS[id(head), label_smoothing] = tf.function(lambda v: strategy.run(replica, args=(v,)))
+    results = _STEPS[id(head), label_smoothing](per_replica)
     loss, grad_x, grad_w, sampled, own_loss, own_correct = (
         [t.numpy().tolist() for t in strategy.experimental_local_results(r)] for r in results)
     return {"loss": loss, "grad_x": sum(grad_x, []), "grad_w": sum(grad_w, []), "sampled": sampled,
@@ -154,6 +154,7 @@ def loss(out: str) -> None:
     result["centers"] = head.centers.numpy().tolist()
     result["full"] = sharded_step(strategy, head, x, labels)
     result["single"] = single_device(head.centers.numpy(), x, labels)
+    result["smoothed"] = sharded_step(strategy, head, x, labels, label_smoothing=0.2)
     head = sharded_head(strategy, N_CLASSES, DIM, 0.3, seed=1)
     result["sampled_centers"] = head.centers.numpy().tolist()
     result["sampled"] = [sharded_step(strategy, head, x, labels) for _ in range(5)]

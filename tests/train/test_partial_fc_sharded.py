@@ -24,9 +24,10 @@ TOLERANCE = 1e-5
 # ---------------------------------------------------------------------------------------------------------
 # The reference
 # ---------------------------------------------------------------------------------------------------------
-def arcface_loss_and_grads(x, w, labels, classes, scale, margin):
+def arcface_loss_and_grads(x, w, labels, classes, scale, margin, label_smoothing=0.0):
     """Mean ArcFace cross-entropy of the softmax over ``classes`` (global ids, all or a sample, holding every
-    label), and its gradient with respect to ``x`` and to all of ``w`` (zero on the rows left out)."""
+    label), and its gradient with respect to ``x`` and to all of ``w`` (zero on the rows left out). With label
+    smoothing e the target is (1 - e) one_hot + e / len(classes)."""
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     classes = np.asarray(classes)
     col = np.searchsorted(classes, labels)
@@ -45,9 +46,10 @@ def arcface_loss_and_grads(x, w, labels, classes, scale, margin):
     z[rows, col] = scale * target
     peak = z.max(axis=1, keepdims=True)
     log_norm = peak[:, 0] + np.log(np.exp(z - peak).sum(axis=1))
-    loss = np.mean(log_norm - z[rows, col])
-    g = np.exp(z - log_norm[:, None])
-    g[rows, col] -= 1.0
+    target_dist = np.full(z.shape, label_smoothing / len(classes))
+    target_dist[rows, col] += 1.0 - label_smoothing
+    loss = np.mean(log_norm - (target_dist * z).sum(axis=1))
+    g = np.exp(z - log_norm[:, None]) - target_dist
     g *= scale / len(x)
     g[rows, col] *= d_target  # now dL/dcos
     grad_x = (g @ wn - (g * cos).sum(axis=1, keepdims=True) * xn) / np.linalg.norm(x, axis=1, keepdims=True)
@@ -60,8 +62,8 @@ def arcface_loss_and_grads(x, w, labels, classes, scale, margin):
 def test_the_reference_gradient_is_the_derivative_of_the_reference_loss():
     rng = np.random.default_rng(3)
     x, w = rng.normal(size=(5, 6)), rng.normal(size=(7, 6))
-    labels, classes, eps = np.array([0, 3, 3, 6, 2]), np.arange(7), 1e-6
-    _, grad_x, grad_w = arcface_loss_and_grads(x, w, labels, classes, 16.0, 0.5)
+    labels, classes, eps, smoothing = np.array([0, 3, 3, 6, 2]), np.arange(7), 1e-6, 0.1
+    _, grad_x, grad_w = arcface_loss_and_grads(x, w, labels, classes, 16.0, 0.5, smoothing)
     for value, grad, name in ((x, grad_x, "x"), (w, grad_w, "w")):
         numeric = np.zeros_like(value)
         for i in np.ndindex(value.shape):
@@ -69,9 +71,9 @@ def test_the_reference_gradient_is_the_derivative_of_the_reference_loss():
             up[i] += eps
             down[i] -= eps
             args = {"x": x, "w": w, name: up}
-            hi = arcface_loss_and_grads(args["x"], args["w"], labels, classes, 16.0, 0.5)[0]
+            hi = arcface_loss_and_grads(args["x"], args["w"], labels, classes, 16.0, 0.5, smoothing)[0]
             args[name] = down
-            lo = arcface_loss_and_grads(args["x"], args["w"], labels, classes, 16.0, 0.5)[0]
+            lo = arcface_loss_and_grads(args["x"], args["w"], labels, classes, 16.0, 0.5, smoothing)[0]
             numeric[i] = (hi - lo) / (2 * eps)
         np.testing.assert_allclose(grad, numeric, atol=1e-7, err_msg=name)
 
@@ -110,6 +112,16 @@ def test_sample_rate_one_equals_the_full_softmax(probe):
     assert sorted(sum(full["sampled"], [])) == list(range(len(w))), "at sample_rate 1 every class is used"
     # Each replica's share adds up to the global batch's loss.
     assert sum(full["own_loss_sum"]) / len(x) == pytest.approx(loss, rel=TOLERANCE)
+
+
+def test_label_smoothing_spreads_its_share_over_every_shards_classes(probe):
+    x, labels, w = np.array(probe["x"]), np.array(probe["labels"]), np.array(probe["centers"])
+    loss, grad_x, grad_w = arcface_loss_and_grads(x, w, labels, np.arange(len(w)), probe["scale"], probe["margin"],
+                                                  label_smoothing=0.2)
+    got = probe["smoothed"]
+    assert np.asarray(got["loss"]) == pytest.approx(loss, rel=TOLERANCE)
+    np.testing.assert_allclose(got["grad_x"], grad_x, atol=TOLERANCE)
+    np.testing.assert_allclose(got["grad_w"], grad_w, atol=TOLERANCE)
 
 
 def test_a_sample_holds_every_positive_and_its_loss_is_the_softmax_over_the_sample(probe):
