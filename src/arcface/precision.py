@@ -192,5 +192,8 @@ def float32_model(model):
             copy = keras.saving.deserialize_keras_object(config)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(model.get_weights())
+    # Layer by layer, through each layer's get/set_weights: a layer may hold weights outside Keras' list (the
+    # margin head's centres when sharded over replicas), which the model's flat list would leave out.
+    for source, target in zip(model.layers, copy.layers, strict=True):
+        target.set_weights(source.get_weights())
     return copy

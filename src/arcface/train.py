@@ -30,6 +30,7 @@ from arcface.config import TrainConfig
 from arcface.contracts import AlignedDir
 from arcface.data import make_dataset
 from arcface.models import MarginHead, build_models
+from arcface.models import partial_fc as pfc
 
 log = logging.getLogger("arcface.train")
 
@@ -226,12 +227,12 @@ def load_initial_weights(training_model: keras.Model, backbone: keras.Model, hea
         except (ValueError, KeyError):
             return (f"loaded the backbone from {path}; its classification head has another shape "
                     f"(another n_classes), so the head was re-initialized")
-    before = [w.numpy().copy() for w in head.weights]
+    before = head.get_weights()  # not head.weights: sharded centres are no Keras weight
     try:
         training_model.load_weights(path, skip_mismatch=True)
     except Exception as e:  # noqa: BLE001 - h5 readers raise many kinds; all mean "not these weights"
         raise TrainingError(f"cannot load weights from {path}: {e}") from None
-    head_unchanged = all(np.array_equal(b, w.numpy()) for b, w in zip(before, head.weights, strict=True))
+    head_unchanged = all(np.array_equal(b, w) for b, w in zip(before, head.get_weights(), strict=True))
     if head_unchanged:
         return f"loaded the backbone from {path}; the head's shape differs (another n_classes), so it was re-initialized"
     return f"loaded backbone and head from {path}"
@@ -373,9 +374,13 @@ class Trainer:
         self.strategy = pick_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        if config.sample_rate < 1 and self.replicas > 1:
-            raise TrainingError("--sample_rate < 1 (Partial-FC) runs on one device here; use --sample_rate=1.0 "
-                                f"with {self.replicas} replicas, or run on one GPU")
+        # Partial-FC on several replicas shards the class centres (arcface.models.partial_fc).
+        self.sharded = config.sample_rate < 1 and self.replicas > 1 and config.margin != "softmax"
+        if self.sharded and self.multi_worker:
+            raise TrainingError(
+                "--sample_rate < 1 (Partial-FC) shards the class centres over the replicas of one machine; with "
+                "several workers the chief's checkpoint would hold only its own workers' rows. Use "
+                "--sample_rate=1.0 with several workers, or one worker with several devices")
         if config.batch_size % self.replicas:
             raise TrainingError(f"--batch_size={config.batch_size} must be a multiple of the {self.replicas} "
                                 "replicas so that every device gets the same share")
@@ -394,8 +399,11 @@ class Trainer:
         keras.mixed_precision.set_global_policy(self.precision.policy)
         log.info("precision: %s (%s)", self.precision.policy, self.precision.reason)
         keras.utils.set_random_seed(config.seed)
+        # Outside the scope, or MirroredStrategy would give every replica all of them.
+        centers = pfc.sharded_centers(config.n_classes, config.embedding_size, self.strategy.extended.worker_devices,
+                                      seed=config.seed) if self.sharded else None
         with self.strategy.scope():
-            self.training_model, self.embedding_model = build_models(config)
+            self.training_model, self.embedding_model = build_models(config, sharded_centers=centers)
             if self.replicas > 1 and config.sync_batchnorm:
                 # Statistics over the global batch, as one device computes them: with per-replica statistics the
                 # replicas normalize by those of batch_size / replicas images, and train another model.
@@ -473,6 +481,32 @@ class Trainer:
 
         margin_head = isinstance(head, MarginHead)
         loss_scaling = self.precision.loss_scaling
+        sharded = pfc.ShardedPartialFC(head, config.label_smoothing) if self.sharded else None
+
+        def update_centers(variable, grad):
+            # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
+            # would cost as much as the full softmax that Partial-FC exists to avoid.
+            if loss_scaling:  # the optimizer unscales what it applies; these rows bypass it
+                grad = tf.IndexedSlices(grad.values / tf.cast(self.optimizer.dynamic_scale, grad.values.dtype),
+                                        grad.indices)
+            pfc.sparse_sgd(variable, grad, self.optimizer.learning_rate)
+
+        def sharded_step(images, labels):
+            with tf.GradientTape() as tape:
+                features = self.backbone(images, training=True)
+                decay = weight_decay_loss(self.decayed, config.decay) / self.replicas  # mirrored: summed below
+                out = sharded(features, labels)
+                decay += 0.5 * config.decay * tf.reduce_sum(tf.square(out.rows))  # this shard's rows only
+                # loss_sum is the global batch's, the same on every replica; its gradient reaches each replica's
+                # embeddings through the all-gather, so the optimizer's sum over replicas is the whole gradient.
+                loss = out.loss_sum / global_batch + decay
+                scaled = self.optimizer.scale_loss(loss) if loss_scaling else loss
+            grads = tape.gradient(scaled, [*self.dense_variables, out.variable])
+            if config.backbone_clipnorm > 0:
+                grads = self._clip_backbone(grads)
+            update_centers(out.variable, grads.pop())
+            self.optimizer.apply(grads, self.dense_variables)
+            return out.own_loss_sum / global_batch, decay, out.own_correct
 
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
@@ -498,27 +532,22 @@ class Trainer:
                 correct = tf.equal(predicted, labels)
                 per_example = cross_entropy(targets, logits)
                 ce = tf.reduce_sum(per_example) / global_batch
-                loss = ce + decay / self.replicas
+                decay /= self.replicas  # every replica's share: the same decay, summed below
+                loss = ce + decay
                 scaled = self.optimizer.scale_loss(loss) if loss_scaling else loss
             variables = self.dense_variables + ([head.centers.value] if self.partial_fc else [])
             grads = tape.gradient(scaled, variables)
             if config.backbone_clipnorm > 0:
                 grads = self._clip_backbone(grads)
             if self.partial_fc:
-                center_grad = grads.pop()
-                # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
-                # would cost as much as the full softmax that Partial-FC exists to avoid.
-                lr = tf.cast(self.optimizer.learning_rate, tf.float32)
-                head.centers.value.scatter_sub(tf.IndexedSlices(lr * center_grad.values, center_grad.indices))
+                update_centers(head.centers.value, grads.pop())
             self.optimizer.apply(grads, self.dense_variables)
             return ce, decay, tf.reduce_sum(tf.cast(correct, tf.float32))
 
         def step(images, labels):
-            ce, decay, correct = self.strategy.run(replica_step, args=(images, labels))
-            reduce = tf.distribute.ReduceOp.SUM
-            return (self.strategy.reduce(reduce, ce, axis=None),
-                    self.strategy.reduce(tf.distribute.ReduceOp.MEAN, decay, axis=None),
-                    self.strategy.reduce(reduce, correct, axis=None))
+            # Each replica returns its share of the global batch's loss, decay and count of right answers.
+            shares = self.strategy.run(sharded_step if sharded else replica_step, args=(images, labels))
+            return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in shares)
 
         return tf.function(step, jit_compile=config.jit_compile or None, reduce_retracing=True)
 
@@ -707,6 +736,10 @@ class Trainer:
         self._say(f"replicas: {self.replicas}, global batch size: {config.batch_size} "
                   f"({config.batch_size // self.replicas} per replica), {self.steps_per_epoch} steps per epoch; "
                   f"{how_it_starts}")
+        if self.sharded:
+            rows = [rows for _, rows in pfc.shard_bounds(config.n_classes, self.replicas)]
+            self._say(f"Partial-FC across replicas: {min(rows)}-{max(rows)} of the {config.n_classes} class centres "
+                      f"on each replica, {config.sample_rate:g} of them sampled per step")
         if config.checkpoint_dir:
             self._say(f"checkpoints: {self.checkpoint_dir} (key {self.checkpoint_key})")
         if not self.chief:

@@ -30,19 +30,20 @@ class L2Normalize(keras.layers.Layer):
 CUSTOM_OBJECTS = {"L2Normalize": L2Normalize, "MarginHead": MarginHead, "SoftmaxHead": SoftmaxHead}
 
 
-def build_head(config) -> keras.layers.Layer:
+def build_head(config, sharded_centers=None) -> keras.layers.Layer:
     if config.margin == "softmax":
         return SoftmaxHead(config.n_classes, name="head")
     m1, m2, m3 = config.margins
     return MarginHead(config.n_classes, scale=config.enhance, m1=m1, m2=m2, m3=m3,
                       easy_margin=config.easy_margin, sample_rate=config.sample_rate,
-                      margin_gradient=config.margin_gradient, name="head")
+                      margin_gradient=config.margin_gradient, sharded_centers=sharded_centers, name="head")
 
 
-def build_models(config) -> tuple[keras.Model, keras.Model]:
+def build_models(config, sharded_centers=None) -> tuple[keras.Model, keras.Model]:
     """(training model: [image, label] -> logits, embedding model: image -> unit-length embedding).
 
     Both share one backbone, so training the first trains the second; serving never needs a label.
+    ``sharded_centers``: the margin head's centres split over the replicas (arcface.models.partial_fc).
     """
     kwargs = {"pretrained": True} if config.pretrained else {}
     backbone = get_backbone(config.backbone, image_size=config.image_size,
@@ -50,7 +51,7 @@ def build_models(config) -> tuple[keras.Model, keras.Model]:
     image = keras.Input((config.image_size, config.image_size, 3), name="image")
     label = keras.Input((), dtype="int32", name="label")
     features = backbone(image)
-    logits = build_head(config)([features, label])
+    logits = build_head(config, sharded_centers)([features, label])
     training_model = keras.Model([image, label], logits, name="arcface_training")
     embedding_model = keras.Model(image, L2Normalize(name="l2_normalize")(features), name="arcface_embedding")
     return training_model, embedding_model

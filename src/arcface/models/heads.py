@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from arcface.models.margins import margin_logits
+from arcface.models.partial_fc import ShardedVariable, assign_full
 
 
 @keras.saving.register_keras_serializable(package="arcface")
@@ -25,6 +27,9 @@ class MarginHead(keras.layers.Layer):
         sample_rate: Partial-FC; fraction of class centres a training step looks at (1.0 = all).
         margin_gradient: "exact", or "straight_through": the margin's value with the plain cosine's gradient
             (insightface's CombinedMarginLoss); see arcface.models.margins.
+        sharded_centers: Partial-FC across replicas: the centres as rows split over the replicas' devices
+            (``arcface.models.partial_fc.sharded_centers``), used instead of a weight of the layer. Not part of
+            the config: the head saves, and loads, as an ordinary one with the whole [n_classes, dim] matrix.
 
     Call arguments:
         inputs: ``[embeddings, labels]`` (labels may be omitted at inference, which gives s*cos(theta)).
@@ -41,8 +46,13 @@ class MarginHead(keras.layers.Layer):
     """
 
     def __init__(self, n_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
-                 easy_margin: bool = False, sample_rate: float = 1.0, margin_gradient: str = "exact", **kwargs):
+                 easy_margin: bool = False, sample_rate: float = 1.0, margin_gradient: str = "exact",
+                 sharded_centers: ShardedVariable | None = None, **kwargs):
         super().__init__(**{**kwargs, "dtype": "float32"})
+        if sharded_centers is not None:
+            # Not a Keras weight (Keras would make it one matrix), and under this one name only: a checkpoint
+            # keys it as it keys the unsharded weight, `centers`.
+            self.centers = sharded_centers
         self.n_classes = int(n_classes)
         self.scale = float(scale)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
@@ -53,12 +63,28 @@ class MarginHead(keras.layers.Layer):
     def build(self, input_shape):
         embedding_shape = input_shape[0] if isinstance(input_shape, list | tuple) and isinstance(
             input_shape[0], list | tuple) else input_shape
+        if self.sharded:
+            want = (self.n_classes, int(embedding_shape[-1]))
+            if tuple(self.centers.shape) != want:
+                raise ValueError(f"sharded centres of shape {tuple(self.centers.shape)}, not {want}")
+            return
         # Rows are class centres so that Partial-FC can gather a sample of them without a transpose.
         self.centers = self.add_weight(name="centers", shape=(self.n_classes, int(embedding_shape[-1])),
                                        initializer=keras.initializers.RandomNormal(stddev=0.01),
                                        dtype="float32")
 
+    @property
+    def sharded(self) -> bool:
+        return isinstance(getattr(self, "centers", None), ShardedVariable)
+
     def cosine(self, embeddings: tf.Tensor, centers: tf.Tensor | None = None) -> tf.Tensor:
+        if centers is None and self.sharded:
+            # Shard by shard on the shard's device: no device ever holds the whole matrix.
+            parts = []
+            for shard in self.centers.variables:
+                with tf.device(shard.device):
+                    parts.append(self.cosine(embeddings, shard))
+            return tf.concat(parts, axis=-1)
         centers = tf.cast(self.centers if centers is None else centers, tf.float32)
         x = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
         # Dividing the [batch, classes] product by the centre norms, instead of normalizing the [classes, dim]
@@ -96,6 +122,27 @@ class MarginHead(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         embedding_shape = input_shape[0] if isinstance(input_shape[0], list | tuple) else input_shape
         return (embedding_shape[0], self.n_classes)
+
+    # Sharded centres are no Keras weight: these four give and take the whole matrix, as an unsharded head does.
+    def get_weights(self):
+        return [self.centers.numpy()] if self.sharded else super().get_weights()
+
+    def set_weights(self, weights):
+        if not self.sharded:
+            return super().set_weights(weights)
+        if len(weights) != 1:
+            raise ValueError(f"a MarginHead holds one weight (its centres), not {len(weights)}")
+        assign_full(self.centers, np.asarray(weights[0]))
+
+    def save_own_variables(self, store):
+        if not self.sharded:
+            return super().save_own_variables(store)
+        store["0"] = self.centers.numpy()
+
+    def load_own_variables(self, store):
+        if not self.sharded:
+            return super().load_own_variables(store)
+        self.set_weights([store["0"]])
 
     def get_config(self):
         return {**super().get_config(), "n_classes": self.n_classes, "scale": self.scale, "m1": self.m1,
