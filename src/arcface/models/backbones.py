@@ -51,6 +51,18 @@ IRESNET_DEPTHS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3), "ResNet50"
                   "ResNet100": (3, 13, 30, 3)}
 
 
+# PReLU's negative slope starts at 0.25 (He et al. 2015, and PyTorch's nn.PReLU that insightface's backbones
+# use), not at Keras's 0: a slope of 0 is a ReLU, and through MobileFaceNet's ~50 BN-ReLU layers a random network
+# keeps so little of its input that same-identity faces are not yet close. On the LFW probe split, the
+# nearest-class-mean accuracy of untrained embeddings is 2.6 % with 0 and 8.8 % with 0.25, and training leaves
+# ArcFace's s=64 plateau far sooner (benchmarks/probe_convergence.py, README "Margin convergence").
+PRELU_INIT = 0.25
+
+
+def _prelu(name):
+    return layers.PReLU(alpha_initializer=keras.initializers.Constant(PRELU_INIT), shared_axes=[1, 2], name=name)
+
+
 def _conv(filters, kernel, stride, name):
     return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)
 
@@ -61,7 +73,7 @@ def _ir_block(x, filters: int, stride: int, name: str):
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn1")(x)
     y = _conv(filters, 3, 1, f"{name}_conv1")(y)
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn2")(y)
-    y = layers.PReLU(shared_axes=[1, 2], name=f"{name}_prelu")(y)
+    y = _prelu(f"{name}_prelu")(y)
     y = _conv(filters, 3, stride, f"{name}_conv2")(y)
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn3")(y)
     if stride != 1 or x.shape[-1] != filters:
@@ -74,7 +86,7 @@ def _iresnet(name: str, image_size: int, embedding_size: int, dropout: float, wi
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = _conv(width, 3, 1, "stem_conv")(inputs)
     x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_bn")(x)
-    x = layers.PReLU(shared_axes=[1, 2], name="stem_prelu")(x)
+    x = _prelu("stem_prelu")(x)
     for stage, blocks in enumerate(IRESNET_DEPTHS[name]):
         filters = width * 2**stage
         for block in range(blocks):
@@ -98,7 +110,7 @@ def _conv_bn(x, filters, kernel, stride, name, activation=True, depthwise=False,
     else:
         x = _conv(filters, kernel, stride, f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn")(x)
-    return layers.PReLU(shared_axes=[1, 2], name=f"{name}_prelu")(x) if activation else x
+    return _prelu(f"{name}_prelu")(x) if activation else x
 
 
 def _bottleneck(x, expansion, filters, stride, name):
