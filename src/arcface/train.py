@@ -7,7 +7,6 @@ that keeps the last good checkpoint, and a wall-clock budget that stops between 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import glob
@@ -84,22 +83,6 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "kind": self.kind}
 
 
-class MomentumSGD(keras.optimizers.SGD):
-    """Keras' SGD, each variable's momentum update done by one fused op (ResourceApplyKerasMomentum) instead of
-    Keras' chain of casts, products, a difference and two assignments. The same maths, the same variables
-    (so the same checkpoints): ``m = momentum * m - lr * g; w += m``. Nesterov, sparse gradients and plain SGD
-    (momentum 0) take Keras' own update."""
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self.momentum == 0 or self.nesterov or isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        m = self.momentums[self._get_variable_index(variable)]
-        dtype = variable.dtype
-        tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=m.handle, lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
-            momentum=tf.cast(self.momentum, dtype), use_locking=False, use_nesterov=False)
-
-
 def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
                    loss_scaling: bool = False) -> keras.optimizers.Optimizer:
     """The optimizer of ``config``; ``loss_scaling`` (float16 only, never bfloat16) wraps it in a
@@ -108,7 +91,7 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
                               config.schedule)
     clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
     if config.optimizer == "SGD":
-        optimizer = (MomentumSGD if FUSED_SGD else keras.optimizers.SGD)(schedule, momentum=config.momentum, **clip)
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, **clip)
     else:
         optimizer = keras.optimizers.Adam(schedule, **clip)
     if loss_scaling:
@@ -116,11 +99,12 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
     return optimizer
 
 
-#: Tuning switches (measured in benchmarks/results/train_step_tuning_cpu.json).
-FUSED_SGD = False
-DECAY_IN_GRADIENTS = False
-FUSED_BATCH_NORM = False
-TUNING = ("FUSED_SGD", "DECAY_IN_GRADIENTS", "FUSED_BATCH_NORM")
+#: Tuning of the training step (issue #20; measured in benchmarks/results/train_step_tuning_cpu.json).
+#: FUSED_BATCH_NORM: the BatchNormalization layers train through FusedBatchNormV3 (arcface.models.fast_training),
+#: the same maths in one op each way instead of Keras' float32 chains; on CPUs only, where it was measured (a
+#: GPU run keeps Keras' kernels). ``bench_train.py --untuned`` turns every switch of TUNING off.
+FUSED_BATCH_NORM = True
+TUNING = ("FUSED_BATCH_NORM",)
 
 
 def decayed_variables(model: keras.Model) -> list[tf.Variable]:
@@ -433,7 +417,7 @@ class Trainer:
                 # replicas normalize by those of batch_size / replicas images, and train another model.
                 for layer in batch_norm_layers(self.training_model):
                     layer.synchronized = True
-            if FUSED_BATCH_NORM:
+            if FUSED_BATCH_NORM and not tf.config.list_logical_devices("GPU"):
                 fast_training.install(self.training_model)
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
@@ -447,8 +431,6 @@ class Trainer:
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.decayed = [v for v in decayed_variables(self.training_model)
                         if not (self.partial_fc and v is self.head.centers)]
-        decayed_ids = {id(v) for v in self.decayed}
-        self.decayed_positions = [i for i, v in enumerate(self.dense_variables) if id(v) in decayed_ids]
         in_backbone = {id(v) for v in self.backbone.trainable_variables}
         self.backbone_positions = [i for i, v in enumerate(self.dense_variables) if id(v) in in_backbone]
         self.history = History()
@@ -511,8 +493,6 @@ class Trainer:
         loss_scaling = self.precision.loss_scaling
         sharded = pfc.ShardedPartialFC(head, config.label_smoothing) if self.sharded else None
 
-        decay_in_gradients = DECAY_IN_GRADIENTS and config.decay > 0 and bool(self.decayed)
-
         def update_centers(variable, grad):
             # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
             # would cost as much as the full softmax that Partial-FC exists to avoid.
@@ -541,21 +521,14 @@ class Trainer:
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
                 features = self.backbone(images, training=True)
-                # With the decay in the gradients, its value is still reported (and checked for NaN), but the
-                # loss that is differentiated leaves it out: decay * W is added to the gradients below.
-                dense_decay = (tape.stop_recording() if decay_in_gradients else contextlib.nullcontext())
-                with dense_decay:
-                    decay = weight_decay_loss(self.decayed, config.decay)
-                differentiated_decay = tf.constant(0.0) if decay_in_gradients else decay
+                decay = weight_decay_loss(self.decayed, config.decay)
                 targets = labels
                 if margin_head:
                     centers = None
                     if self.partial_fc:
                         index, targets = head.sample_centers(labels)
                         centers = tf.gather(head.centers.value, index)  # a sparse read, not all rows
-                        rows_decay = 0.5 * config.decay * tf.reduce_sum(tf.square(centers))
-                        decay += rows_decay
-                        differentiated_decay += rows_decay
+                        decay += 0.5 * config.decay * tf.reduce_sum(tf.square(centers))
                     cos_theta = head.cosine(features, centers)
                     logits = head.logits(cos_theta, targets)
                     # Accuracy from the cosines: with the margin on the true class it stays 0 long after the
@@ -570,12 +543,10 @@ class Trainer:
                 per_example = cross_entropy(targets, logits)
                 ce = tf.reduce_sum(per_example) / global_batch
                 decay /= self.replicas  # every replica's share: the same decay, summed below
-                loss = ce + differentiated_decay / self.replicas
+                loss = ce + decay
                 scaled = self.optimizer.scale_loss(loss) if loss_scaling else loss
             variables = self.dense_variables + ([head.centers.value] if self.partial_fc else [])
             grads = tape.gradient(scaled, variables)
-            if decay_in_gradients:
-                grads = self._add_decay(grads)
             if config.backbone_clipnorm > 0:
                 grads = self._clip_backbone(grads)
             if self.partial_fc:
@@ -589,19 +560,6 @@ class Trainer:
             return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in shares)
 
         return tf.function(step, jit_compile=config.jit_compile or None, reduce_retracing=True)
-
-    def _add_decay(self, grads: list) -> list:
-        """The gradient of decay/2 * ||W||^2 (this replica's share, scaled as the loss is) added to each decayed
-        kernel's: what differentiating weight_decay_loss gives, without its square, sum and broadcast ops."""
-        factor = tf.constant(self.config.decay / self.replicas, tf.float32)
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            factor = factor * tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        grads = list(grads)
-        for i in self.decayed_positions:
-            weight = self.dense_variables[i]
-            term = tf.cast(factor, weight.dtype) * weight
-            grads[i] = term if grads[i] is None else grads[i] + tf.cast(term, grads[i].dtype)
-        return grads
 
     def _clip_backbone(self, grads: list) -> list:
         """The reference trainer's clip_grad_norm_(backbone, 5): the backbone's gradients only, so the head's

@@ -1,6 +1,6 @@
-"""The tuned training step computes what the plain Keras one did: fused BatchNorm, the fused SGD-momentum
-update and the weight decay added to the gradients, each against an independent NumPy reference and the whole
-step against the untuned one."""
+"""The tuned training step computes what the plain Keras one did: BatchNormalization through
+FusedBatchNormV3 against NumPy and Keras' kernels, the step's SGD-momentum update with the coupled L2 decay
+against NumPy, and whole steps against the untuned ones."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from arcface import train as train_module
 from arcface.models import fast_training
-from arcface.train import MomentumSGD, Trainer
+from arcface.train import Trainer
 from tests.train.conftest import tiny_config
 
 
@@ -91,7 +91,7 @@ def test_layers_the_fused_kernel_cannot_serve_keep_keras_call():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# SGD with momentum in one op, and the coupled L2 decay in the gradients
+# The step's update: SGD with momentum and the coupled L2 decay
 # ---------------------------------------------------------------------------------------------------------
 def numpy_sgd_momentum_l2(w, grads, lr, momentum, decay):
     """The reference: g' = g + decay * w; m = momentum * m - lr * g'; w += m (Keras' SGD with the L2 term)."""
@@ -100,28 +100,6 @@ def numpy_sgd_momentum_l2(w, grads, lr, momentum, decay):
         m = momentum * m - lr * (g + decay * w)
         w = w + m
     return w
-
-
-def test_fused_sgd_momentum_matches_numpy_and_keras_sgd():
-    rng = np.random.default_rng(3)
-    start = rng.normal(size=(5, 4)).astype(np.float32)
-    grads = [rng.normal(size=(5, 4)).astype(np.float32) for _ in range(4)]
-    results, slots = {}, {}
-    for name, cls in (("keras", keras.optimizers.SGD), ("fused", MomentumSGD)):
-        variable = keras.Variable(start, name="w")
-        optimizer = cls(0.05, momentum=0.9)
-        optimizer.build([variable])
-        for g in grads:
-            optimizer.apply([tf.constant(g)], [variable])
-        results[name] = variable.numpy()
-        slots[name] = [(v.name, v.numpy()) for v in optimizer.variables]
-    # The same optimizer variables (a checkpoint of one restores into the other), holding the same values.
-    assert [n for n, _ in slots["fused"]] == [n for n, _ in slots["keras"]]
-    for (_, a), (_, b) in zip(slots["fused"], slots["keras"], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(results["fused"], numpy_sgd_momentum_l2(start, grads, 0.05, 0.9, 0.0), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(results["fused"], results["keras"], rtol=1e-6, atol=1e-6)
 
 
 def test_the_training_step_decays_and_updates_as_numpy_says(tiny_manifest, tmp_path):
@@ -133,7 +111,6 @@ def test_the_training_step_decays_and_updates_as_numpy_says(tiny_manifest, tmp_p
                                                  training=False)))
     trainer = Trainer(tiny_config(tmp_path / "run", decay=0.05, momentum=0.9, augment=False), tiny_manifest,
                       verbose=0)
-    assert isinstance(trainer.optimizer, MomentumSGD) == train_module.FUSED_SGD
     kernel = next(v for v in trainer.decayed if v.path.endswith("embedding_fc/kernel"))
     before = kernel.numpy()
     # The cross-entropy gradient alone, on a copy of the model in the same state (BN in training mode).
@@ -153,20 +130,31 @@ def test_the_training_step_decays_and_updates_as_numpy_says(tiny_manifest, tmp_p
 
 @pytest.mark.parametrize("changes", [{}, {"backbone_clipnorm": 0.01}, {"sample_rate": 0.5}])
 def test_tuned_step_updates_as_the_keras_step(tiny_manifest, tmp_path, monkeypatch, changes):
-    """Three steps with every tuning switch off (Keras' BN, SGD and decay in the loss) and on: the same losses,
-    decay values and weights, within float32 round-off."""
+    """Steps with every tuning switch off (Keras' BatchNormalization kernels) and on: after one step the same loss,
+    decay, weights and moving statistics to float32 round-off (the two sum in different orders). The kernel keeps
+    no state but the moving statistics, which training mode does not read, so one step from the same weights is
+    the whole comparison."""
     from arcface import data
 
     batches = list(data.make_dataset(tiny_manifest, "train", image_size=48, batch_size=8, training=False))[:3]
     runs = {}
     for tuned in (False, True):
-        for switch in ("FUSED_SGD", "DECAY_IN_GRADIENTS", "FUSED_BATCH_NORM"):
+        for switch in train_module.TUNING:
             monkeypatch.setattr(train_module, switch, tuned)
         trainer = Trainer(tiny_config(tmp_path / f"run{tuned}", decay=0.01, augment=False, **changes),
                           tiny_manifest, verbose=0)
-        outputs = [tuple(float(x) for x in trainer._train_step(images, labels)) for images, labels in batches]
-        runs[tuned] = outputs, [w.numpy() for w in trainer.training_model.weights]
+        norms = [la for la in fast_training.layers_of(trainer.training_model)
+                 if isinstance(la, keras.layers.BatchNormalization)]
+        assert norms and all(("call" in vars(la)) == tuned for la in norms)
+        outputs, weights = [], []
+        for images, labels in batches:
+            outputs.append([float(x) for x in trainer._train_step(images, labels)])
+            weights.append([w.numpy() for w in trainer.training_model.weights])
+        runs[tuned] = outputs, weights
     (plain_out, plain_w), (tuned_out, tuned_w) = runs[False], runs[True]
-    np.testing.assert_allclose(tuned_out, plain_out, rtol=1e-4, atol=1e-6)
-    for a, b in zip(tuned_w, plain_w, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(tuned_out[0], plain_out[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(tuned_w[0], plain_w[0], strict=True):  # a step moves a weight by ~1e-2; they agree to 1e-5
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Later steps start from weights that differ by that round-off, which a batch of 8 through BatchNorm and a
+    # scale-16 head amplifies (the first conv kernel drifts apart by ~1e-2 in three steps): the losses still agree.
+    np.testing.assert_allclose(tuned_out, plain_out, rtol=3e-3, atol=1e-6)
