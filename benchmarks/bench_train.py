@@ -11,6 +11,9 @@ Each figure is the median over --steps timed steps after --warmup untimed ones, 
 ResNet18, ResNet50, MobileFaceNet) under float32 and under the mixed policy ``--precision=auto`` picks on this
 device, side by side; the JSON records the device's features that decide it (CPU flags, GPU name and compute
 capability). Partial-FC is not timed in that mode.
+
+--untuned times the step without the tuning of issue #20 (benchmarks/results/train_step_tuning_cpu.json): the
+figures of train_precisions_cpu.json before it were taken that way.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compare-precisions", dest="compare_precisions", action="store_true",
                         help="float32 and the auto mixed policy side by side (see above)")
     parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--untuned", action="store_true",
+                        help="time the step as it was before issue #20's tuning (Keras' own BatchNormalization "
+                             "kernels, SGD update and weight decay as a loss term; see arcface.train.TUNING)")
     parser.add_argument("--partial_fc_backbone", default="TinyFaceNet",
                         help="small backbone for the 1e3 vs 1e6 identities comparison ('' to skip)")
     parser.add_argument("--out", help="also write the JSON here")
@@ -117,7 +123,12 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from arcface import __version__
+    from arcface import train as train_module
     from arcface.config import TrainConfig
+
+    if args.untuned:
+        for switch in train_module.TUNING:
+            setattr(train_module, switch, False)
 
     gpus = tf.config.list_physical_devices("GPU")
     device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
@@ -125,7 +136,8 @@ def main(argv=None) -> int:
     requested = "auto" if args.mixed_precision else args.precision
     result = {"benchmark": "train", "package_version": __version__, "tensorflow": tf.__version__,
               "device": device, "device_features": device_features(), "image_size": args.image_size,
-              "batch_size": args.batch_size, "jit_compile": args.jit_compile}
+              "batch_size": args.batch_size, "jit_compile": args.jit_compile,
+              "tuning": {switch: bool(getattr(train_module, switch)) for switch in train_module.TUNING}}
     base = dict(n_classes=1000, image_size=args.image_size, batch_size=args.batch_size, dropout=0.0,
                 precision=requested, jit_compile=args.jit_compile, save_path="/tmp/arcface-bench",
                 warmup_epochs=0.0)

@@ -29,7 +29,7 @@ from arcface import __version__, artifacts, atomic, precision
 from arcface.config import TrainConfig
 from arcface.contracts import AlignedDir
 from arcface.data import make_dataset
-from arcface.models import MarginHead, build_models
+from arcface.models import MarginHead, build_models, fast_training
 from arcface.models import partial_fc as pfc
 
 log = logging.getLogger("arcface.train")
@@ -97,6 +97,14 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
     if loss_scaling:
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+#: Tuning of the training step (issue #20; measured in benchmarks/results/train_step_tuning_cpu.json).
+#: FUSED_BATCH_NORM: the BatchNormalization layers train through FusedBatchNormV3 (arcface.models.fast_training),
+#: the same maths in one op each way instead of Keras' float32 chains; on CPUs only, where it was measured (a
+#: GPU run keeps Keras' kernels). ``bench_train.py --untuned`` turns every switch of TUNING off.
+FUSED_BATCH_NORM = True
+TUNING = ("FUSED_BATCH_NORM",)
 
 
 def decayed_variables(model: keras.Model) -> list[tf.Variable]:
@@ -409,6 +417,8 @@ class Trainer:
                 # replicas normalize by those of batch_size / replicas images, and train another model.
                 for layer in batch_norm_layers(self.training_model):
                     layer.synchronized = True
+            if FUSED_BATCH_NORM and not tf.config.list_logical_devices("GPU"):
+                fast_training.install(self.training_model)
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
             self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch,

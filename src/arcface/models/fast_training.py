@@ -1,0 +1,84 @@
+"""A faster training-mode kernel for the backbones' BatchNormalization layers, the same maths.
+
+Keras 3's BatchNormalization computes in float32 whatever the policy, out of a dozen elementwise ops (cast up,
+mean, squared difference, mean, rsqrt, scale, shift, cast down) and twice as many in the backward pass; under
+``mixed_bfloat16`` on a CPU those chains cost more than the convolutions around them. TensorFlow's
+``FusedBatchNormV3`` (oneDNN's kernel on x86) does the same in one op forward and one backward, reading
+bfloat16 and computing in float32. :func:`install` points the training-mode call of every BatchNormalization
+layer of a model at it; inference (``training=False``), serialization and the weights are untouched, so a saved
+or exported model is the same Keras model as before.
+
+What stays exactly as Keras computes it: normalization by the biased batch variance, epsilon as given (the
+``tf.compat.v1`` wrapper would raise it to 1.001e-5; the raw op is called instead), the moving statistics
+``moving = moving * momentum + batch * (1 - momentum)`` with the *biased* variance (the fused op returns the
+unbiased one, which is rescaled), and the output in the layer's compute dtype. Layers the fused kernel cannot
+serve (a mask, synchronized statistics across replicas, renorm, an axis other than the last, rank other than 2
+or 4) keep Keras' call.
+"""
+
+from __future__ import annotations
+
+import types
+
+import keras
+import tensorflow as tf
+
+
+def _fusable(layer: keras.layers.BatchNormalization, inputs, mask) -> bool:
+    rank = len(inputs.shape)
+    axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+    return (mask is None and not layer.synchronized and not layer.renorm and rank in (2, 4)
+            and axis in (-1, rank - 1))
+
+
+def fused_batch_norm_training(layer: keras.layers.BatchNormalization, inputs) -> tf.Tensor:
+    """``layer(inputs, training=True)`` through FusedBatchNormV3, updating the moving statistics as Keras does."""
+    x = inputs
+    if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
+        x = tf.cast(x, tf.float32)
+    shape = tf.shape(x)
+    channels = x.shape[-1]
+    if len(x.shape) == 2:
+        x = tf.reshape(x, [-1, 1, 1, channels])
+    gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels], tf.float32)
+    beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels], tf.float32)
+    empty = tf.constant([], tf.float32)
+    y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=layer.epsilon,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    n = tf.cast(tf.size(x) // channels, tf.float32)
+    variance = unbiased * ((n - 1.0) / n)  # the biased variance Keras' moving average takes
+    momentum = layer.momentum
+    layer.moving_mean.assign(tf.cast(layer.moving_mean, tf.float32) * momentum + mean * (1.0 - momentum))
+    layer.moving_variance.assign(tf.cast(layer.moving_variance, tf.float32) * momentum
+                                 + variance * (1.0 - momentum))
+    if len(inputs.shape) == 2:
+        y = tf.reshape(y, shape)
+    return tf.cast(y, layer.compute_dtype)
+
+
+def _batch_norm_call(self, inputs, training=None, mask=None):
+    if training and self.trainable and _fusable(self, inputs, mask):
+        return fused_batch_norm_training(self, inputs)
+    return type(self).call(self, inputs, training=training, mask=mask)
+
+
+def layers_of(model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(layers_of(layer))
+    return found
+
+
+def install(model) -> int:
+    """Point the training-mode call of every BatchNormalization layer of ``model`` (nested models included) at
+    :func:`fused_batch_norm_training`; returns how many layers were changed. Only the instances change: class,
+    config and weights do not, so saving, loading and exporting see Keras' layer."""
+    changed = 0
+    for layer in layers_of(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.call = types.MethodType(_batch_norm_call, layer)
+            changed += 1
+    return changed
