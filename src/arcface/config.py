@@ -74,6 +74,8 @@ class TrainConfig:
                                   "with the new crops): unchanged images are not aligned again (empty: none)")
     center_crop: float = _field(1.0, "fraction of the image side kept around the centre before resizing")
     augment: bool = _field(True, "random flip and light colour/crop jitter on training images")
+    jitter: bool = _field(True, "augment: also the crop/scale, brightness and contrast jitter; off: the flip only, "
+                                "as insightface's reference trainer")
     min_images: int = _field(1, "identities with fewer training images are reported (and excluded)")
     strict: bool = _field(False, "fail on any data problem instead of excluding the files with a warning")
     cache: bool = _field(False, "cache decoded images in memory after the first epoch")

@@ -788,7 +788,7 @@ class Trainer:
         config = self.config
         dataset = self.make_dataset(
             self.manifest, "train", image_size=config.image_size, batch_size=config.batch_size, training=True,
-            seed=config.seed + epoch, center_crop=config.center_crop, augment=config.augment, cache=config.cache,
+            seed=config.seed + epoch, center_crop=config.center_crop, augment=config.augment, jitter=config.jitter, cache=config.cache,
             drop_remainder=self.drop_remainder).take(self.steps_per_epoch).skip(first_step)
         return self.strategy.experimental_distribute_dataset(dataset)
 

@@ -97,6 +97,20 @@ def test_flip_and_augmentation_only_when_training(flip_manifest):
     assert not _flipped(x[[i for i, r in enumerate(flip_manifest.split("validation")) if r.path != "b/rot.jpg"]]).any()
 
 
+def test_without_jitter_a_training_image_is_itself_or_its_mirror(flip_manifest):
+    """jitter=False is the reference trainer's augmentation: a horizontal flip and nothing else (NumPy's mirror)."""
+    x, _ = _all(make_dataset(flip_manifest, "train", image_size=32, batch_size=4, training=True, seed=3,
+                             jitter=False))
+    plain_x, _ = _all(make_dataset(flip_manifest, "train", image_size=32, batch_size=64, training=False))
+    mirrored = 0
+    for image in x:
+        same = [np.array_equal(image, p) for p in plain_x]
+        mirror = [np.array_equal(image, p[:, ::-1]) for p in plain_x]
+        assert any(same) or any(mirror), "a flip-only image matches no training image nor its mirror"
+        mirrored += int(not any(same))
+    assert 0 < mirrored < len(x)
+
+
 def test_exif_orientation_is_applied(flip_manifest, pillow_input):
     rows = flip_manifest.split("validation")
     index = next(i for i, r in enumerate(rows) if r.path == "b/rot.jpg")

@@ -38,15 +38,18 @@ def _load(image_size: int, center_crop: float):
     return load
 
 
-def augment_image(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+def augment_image(image: tf.Tensor, seed: tf.Tensor, image_size: int, jitter: bool = True) -> tf.Tensor:
     """uint8/float ``[S, S, 3]`` (0..255) -> float32 0..255: random crop/scale jitter, horizontal flip,
-    brightness and contrast, each from a stateless seed derived from ``seed`` (an int64 scalar)."""
+    brightness and contrast, each from a stateless seed derived from ``seed`` (an int64 scalar); without
+    ``jitter``, the flip only."""
     seed = tf.cast(seed, tf.int64)
 
     def sub(i: int) -> tf.Tensor:
         return tf.stack([seed, tf.constant(i, tf.int64)])
 
     image = tf.cast(image, tf.float32)
+    if not jitter:
+        return tf.image.stateless_random_flip_left_right(image, sub(2))
     scale = tf.random.stateless_uniform([], sub(0), MIN_CROP_SCALE, 1.0)
     crop = tf.cast(tf.round(scale * image_size), tf.int32)
     image = tf.image.stateless_random_crop(image, tf.stack([crop, crop, 3]), sub(1))
@@ -58,13 +61,13 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tens
 
 
 def make_dataset(manifest: Manifest, split: str, *, image_size: int, batch_size: int, training: bool,
-                 seed: int = 42, center_crop: float = 1.0, augment: bool = True, cache: bool = False,
-                 drop_remainder: bool | None = None, repeat: bool = False) -> tf.data.Dataset:
+                 seed: int = 42, center_crop: float = 1.0, augment: bool = True, jitter: bool = True,
+                 cache: bool = False, drop_remainder: bool | None = None, repeat: bool = False) -> tf.data.Dataset:
     """Batches of (float32 ``[B, S, S, 3]`` normalized images, int32 ``[B]`` labels) for one split.
 
     Labels index ``manifest.class_names``. ``training`` turns on the seeded shuffle (new order each epoch)
-    and, with ``augment``, the random augmentation; validation is read in manifest order, unaugmented.
-    ``drop_remainder`` defaults to ``training`` (fixed batch shapes for training, every image for validation).
+    and, with ``augment``, the random augmentation (the flip only without ``jitter``); validation is read in
+    manifest order, unaugmented. ``drop_remainder`` defaults to ``training`` (fixed batch shapes for training, every image for validation).
     """
     rows = manifest.split(split)
     if not rows:
@@ -96,7 +99,7 @@ def make_dataset(manifest: Manifest, split: str, *, image_size: int, batch_size:
     if training and augment:
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, randoms)).map(
-            lambda element, r: (normalize(augment_image(element[0], r, image_size)), element[1]),
+            lambda element, r: (normalize(augment_image(element[0], r, image_size, jitter)), element[1]),
             num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
         ds = ds.map(lambda image, label: (normalize(image), label), num_parallel_calls=AUTOTUNE,
