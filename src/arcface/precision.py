@@ -28,6 +28,11 @@ CHOICES = (*POLICIES, "auto")
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = "/proc/cpuinfo"
+#: Backbones that train slower in bfloat16 than in float32 on a CPU, so ``auto`` keeps them in float32 there:
+#: measured whole training steps, benchmarks/results/train_precisions_cpu.json.
+CPU_FLOAT32_BACKBONES = {
+    "MobileFaceNet": "its depthwise convolutions gain nothing from AMX: 24.6 img/s in bfloat16 vs 36.4 in float32",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +116,12 @@ def local_devices(read: Callable[[], str] = read_cpuinfo) -> list[Device]:
     return [Device("CPU", f"{cpu_name(text)} ({os.cpu_count()} cores)", flags=cpu_flags(text))]
 
 
-def choose(requested: str, devices: Sequence[Device] | Iterable[Device]) -> Choice:
+def choose(requested: str, devices: Sequence[Device] | Iterable[Device], backbone: str | None = None) -> Choice:
     """The policy for ``requested`` (one of :data:`CHOICES`) on ``devices``; the reason says why, in words.
 
     An explicit policy is used as asked (with a warning in the reason when float16 would run on a CPU);
-    ``auto`` decides by the devices as the module docstring says. With several GPUs the oldest decides.
+    ``auto`` decides by the devices as the module docstring says, and keeps a ``backbone`` of
+    :data:`CPU_FLOAT32_BACKBONES` in float32 on a CPU. With several GPUs the oldest decides.
     """
     if requested not in CHOICES:
         raise ValueError(f"precision {requested!r} is unknown; choose one of: {', '.join(CHOICES)}")
@@ -141,6 +147,9 @@ def choose(requested: str, devices: Sequence[Device] | Iterable[Device]) -> Choi
         return Choice("float32", requested, f"auto: {where} (< 7.0) has no tensor cores to gain from")
     flags = frozenset().union(*(d.flags for d in devices))
     found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    if found and backbone in CPU_FLOAT32_BACKBONES:
+        return Choice("float32", requested, f"auto: CPU with bfloat16 instructions ({', '.join(found)}), but "
+                                            f"{backbone} trains faster in float32 here: {CPU_FLOAT32_BACKBONES[backbone]}")
     if found:
         return Choice("mixed_bfloat16", requested, f"auto: CPU with bfloat16 instructions ({', '.join(found)})")
     return Choice("float32", requested, "auto: CPU without bfloat16 instructions (avx512_bf16/amx_bf16); float16 "

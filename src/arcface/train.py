@@ -403,7 +403,7 @@ class Trainer:
         self._set_paths()
 
         # The policy is global in Keras: set it every time, so one mixed-precision run does not leak into the next.
-        self.precision = precision.choose(config.requested_precision, precision.local_devices())
+        self.precision = precision.choose(config.requested_precision, precision.local_devices(), config.backbone)
         keras.mixed_precision.set_global_policy(self.precision.policy)
         log.info("precision: %s (%s)", self.precision.policy, self.precision.reason)
         keras.utils.set_random_seed(config.seed)
