@@ -76,6 +76,10 @@ def _add_deploy_options(p: argparse.ArgumentParser) -> None:
                         "switches the workers to the GPU image). Default 0")
     g.add_argument("--tfjob-timeout", type=float, default=DeployOptions.tfjob_timeout_minutes, metavar="MINUTES",
                    help="the launcher deletes the TFJob and fails after this many minutes (default 3 days)")
+    _add_image_options(p)
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("images (compile-time)")
     which = g.add_mutually_exclusive_group()
     which.add_argument("--image-digests", metavar="FILE",
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="arcface", help="InferenceService name (also the model name in its URLs)")
     p.add_argument("--version", help="model version, recorded as a label")
     p.add_argument("--output", required=True, help="the YAML file to write")
+    _add_image_options(p)
     return parser
 
 
@@ -220,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve-manifest":
             from components.serving import write_manifest
 
-            print(f"wrote {write_manifest(args.output, args.model_uri, args.name, args.version)}")
+            pins = images.load_pins(args.image_digests, use_digests=not args.no_image_digests, repo=REPOSITORY)
+            print(f"image {pins.describe('cpu', images.cpu_image())}", file=sys.stderr)
+            image = pins.reference("cpu") or images.cpu_image()
+            print(f"wrote {write_manifest(args.output, args.model_uri, args.name, args.version, image=image)}")
         elif args.command == "submit":
             run, version = submit(args.host, _server_arguments(args), options=deploy_options(args),
                                   experiment=args.experiment, namespace=args.namespace, token=args.token,

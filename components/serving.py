@@ -38,8 +38,10 @@ def _kserve():
     return kserve, client
 
 
-def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | None = None) -> dict[str, Any]:
-    """The InferenceService as a plain dict, ready for ``kubectl apply``."""
+def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | None = None,
+                      image: str | None = None) -> dict[str, Any]:
+    """The InferenceService as a plain dict, ready for ``kubectl apply``; ``image`` defaults to the CPU image's tag
+    (``pipeline.py serve-manifest`` passes its digest reference when ``docker/build.sh --push`` recorded one)."""
     if not _NAME.fullmatch(name):
         raise ManifestError(f"--name {name!r} is not a valid InferenceService name; use lowercase letters, digits "
                             "and '-', starting with a letter, at most 45 characters")
@@ -52,7 +54,7 @@ def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | N
         labels["arcface-kfp/model-version"] = str(version)
     container = k8s.V1Container(
         name="kserve-container",
-        image=images.cpu_image(),
+        image=image or images.cpu_image(),
         command=["arcface", "serve"],
         args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT)],
         env=[k8s.V1EnvVar(name="STORAGE_URI", value=model_uri)],
@@ -66,10 +68,11 @@ def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | N
     return kserve.ApiClient().sanitize_for_serialization(service)
 
 
-def write_manifest(output: str, model_uri: str, name: str = DEFAULT_NAME, version: str | None = None) -> str:
+def write_manifest(output: str, model_uri: str, name: str = DEFAULT_NAME, version: str | None = None,
+                   image: str | None = None) -> str:
     import yaml
 
-    document = inference_service(model_uri, name, version)
+    document = inference_service(model_uri, name, version, image)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     atomic.write_text(output, yaml.safe_dump(document, sort_keys=False))
     return output

@@ -23,9 +23,15 @@ GOLDEN = Path(__file__).parent / "golden" / "serve_manifest.yaml"
 URI = "s3://models/arcface/3"
 
 
-@pytest.fixture
-def manifest(tmp_path, monkeypatch) -> Path:
+@pytest.fixture(autouse=True)
+def no_default_digests(tmp_path, monkeypatch):
+    """Hermetic: the default digests file is one that does not exist, whatever the checkout holds."""
     monkeypatch.delenv(images.REPOSITORY_ENV, raising=False)
+    monkeypatch.setenv(images.DIGESTS_ENV, str(tmp_path / "absent" / "image-digests.json"))
+
+
+@pytest.fixture
+def manifest(tmp_path) -> Path:
     out = tmp_path / "isvc.yaml"
     assert pipeline.main(["serve-manifest", "--model-uri", URI, "--version", "3", "--output", str(out)]) == 0
     return out
@@ -60,6 +66,22 @@ def test_manifest_is_a_kserve_inference_service_running_arcface_serve(manifest, 
     args = build_parser().parse_args([container.command[1], *container.args])
     assert (args.model, args.name, args.http_port) == ("/mnt/models", "arcface", 8080)
     assert container.ports[0].container_port == args.http_port
+
+
+def test_the_image_is_named_by_digest_after_a_push(tmp_path, capsys):
+    digests = tmp_path / "digests.json"
+    digest = "sha256:" + "c" * 64
+    images.record_push(digests, "cpu", digest, images.checkout_revision() or "unknown")
+    out = tmp_path / "isvc.yaml"
+    assert pipeline.main(["serve-manifest", "--model-uri", URI, "--image-digests", str(digests),
+                          "--output", str(out)]) == 0
+    (container,) = yaml.safe_load(out.read_text())["spec"]["predictor"]["containers"]
+    assert container["image"] == f"{images.repository()}/cpu@{digest}"
+    assert f"cpu@{digest}" in capsys.readouterr().err
+    assert pipeline.main(["serve-manifest", "--model-uri", URI, "--no-image-digests", "--output", str(out)]) == 0
+    (container,) = yaml.safe_load(out.read_text())["spec"]["predictor"]["containers"]
+    assert container["image"] == images.cpu_image()
+    assert "(tag, which a later push can move: --no-image-digests)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "message"), [
