@@ -3,7 +3,7 @@
 1. a model trained hastily (one epoch at a high learning rate): the store is empty, the threshold alone
    decides: version 1;
 2. a model that learns nothing (one epoch at lr 1e-8): scored against version 1 on the same pairs, not promoted;
-3. a model trained properly (10 epochs): beats version 1 on the same pairs: version 2, which replaced 1;
+3. a model trained properly (20 epochs): beats version 1 on the same pairs: version 2, which replaced 1;
    rollback returns to version 1;
 4. a run whose evaluate step fails (a pairs file that does not exist): the store is untouched and the run log
    names the step and its error.
@@ -12,7 +12,9 @@ The runs are seeded, so their numbers repeat on a machine; but on the sample's 3
 they move by up to 0.08 with the seed (measured with arcface.train/evaluate directly: one epoch at lr 1.0 0.58
 and 0.73, 10 epochs 0.73 and 0.82, untrained 0.67 and 0.72), so the order of runs 1-3 is that of seed 42 on the
 unaligned sample; another seed, alignment or TensorFlow build may reorder them. Every assertion on the gate
-is also checked against the numbers themselves.
+is also checked against the numbers themselves. The fused BatchNorm kernel of training (arcface.models.fast_training)
+changed the round-off and with it seed 42's draw: 10 epochs then scored 0.67 against run 1's 0.73, so run 3 trains
+20 epochs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tests.pipeline.test_local_run import TINY
 PEOPLE = {**TINY, "n_classes": 10, "align": "none"}
 FIRST = {**PEOPLE, "epochs": 1, "lr": 1.0}
 WORSE = {**PEOPLE, "epochs": 1, "lr": 1e-8}  # lr must be > 0: this one learns nothing
-BETTER = {**PEOPLE, "epochs": 10}
+BETTER = {**PEOPLE, "epochs": 20}
 
 
 def run(faces: Path, tmp_path: Path, store: Path, **changes) -> dict:
