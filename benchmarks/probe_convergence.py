@@ -25,6 +25,7 @@ starting at 0, Keras's default and this library's before the probes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -39,52 +40,40 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 VARIANTS = {
     "exact": {},
-    "relu_start": {"patch": ["relu_start"]},
+    "relu_start": {"relu_start": True},
     "straight_through": {"margin_gradient": "straight_through"},
     "backbone_clip5": {"backbone_clipnorm": 5.0},
     "clip5_straight_through": {"backbone_clipnorm": 5.0, "margin_gradient": "straight_through"},
     "flip_only": {"jitter": False},
     "reference_like": {"backbone_clipnorm": 5.0, "margin_gradient": "straight_through", "jitter": False},
     "reference_like_relu_start": {"backbone_clipnorm": 5.0, "margin_gradient": "straight_through", "jitter": False,
-                                  "patch": ["relu_start"]},
+                                  "relu_start": True},
 }
 
 
-class patched:
-    """Context manager: the library with probe-only settings changed, restored on exit."""
+@contextlib.contextmanager
+def relu_start(active: bool):
+    """Every PReLU slope of the backbone starting at 0 (Keras's default), while active; the library's start after."""
+    import keras
+    import tensorflow as tf
 
-    def __init__(self, names=()):
-        self.names, self.undo = list(names), []
+    import arcface.models as models
 
-    def __enter__(self):
-        for name in self.names:
-            self._patch(name)
-        return self
+    build = models.get_backbone
 
-    def _patch(self, name: str) -> None:
-        import keras
-        import tensorflow as tf
+    def built_with_relu_start(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.PReLU):
+                layer.alpha.assign(tf.zeros_like(layer.alpha))
+        return model
 
-        import arcface.models as models
-
-        if name == "relu_start":
-            build = models.get_backbone
-
-            def relu_start(*args, **kwargs):
-                model = build(*args, **kwargs)
-                for layer in model.layers:
-                    if isinstance(layer, keras.layers.PReLU):
-                        layer.alpha.assign(tf.zeros_like(layer.alpha))
-                return model
-
-            models.get_backbone = relu_start
-            self.undo.append(lambda: setattr(models, "get_backbone", build))
-        else:
-            raise ValueError(f"unknown probe patch {name!r}")
-
-    def __exit__(self, *exc):
-        for undo in self.undo:
-            undo()
+    if active:
+        models.get_backbone = built_with_relu_start
+    try:
+        yield
+    finally:
+        models.get_backbone = build
 
 
 def nearest_class_mean_accuracy(embeddings, labels) -> float:
@@ -183,10 +172,10 @@ def main(argv=None) -> int:
               "variants": {}}
     for name in args.variants.split(","):
         overrides = dict(VARIANTS[name])
-        patch = overrides.pop("patch", ())
+        start_as_relu = overrides.pop("relu_start", False)
         config = base.replace(save_path=tempfile.mkdtemp(prefix=f"{name}-", dir=work), resume=False, **overrides)
         record = {"overrides": VARIANTS[name]}
-        with patched(patch):
+        with relu_start(start_as_relu):
             if args.init_stats:
                 keras.backend.clear_session()
                 record["untrained"] = init_stats(config, images, labels)
