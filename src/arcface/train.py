@@ -194,16 +194,6 @@ def ensure_writable(folder: str, flag: str) -> None:
             "--checkpoint_dir empty to keep them in save_path") from None
 
 
-def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(batch_norm_layers(layer))
-    return found
-
-
 def find_param_file(folder: str) -> str:
     """The weights the original --use_param_folder pointed at: a .keras model or .h5 weights."""
     if os.path.isfile(folder):
@@ -415,7 +405,7 @@ class Trainer:
             if self.replicas > 1 and config.sync_batchnorm:
                 # Statistics over the global batch, as one device computes them: with per-replica statistics the
                 # replicas normalize by those of batch_size / replicas images, and train another model.
-                for layer in batch_norm_layers(self.training_model):
+                for layer in fast_training.batch_norm_layers(self.training_model):
                     layer.synchronized = True
             if FUSED_BATCH_NORM and not tf.config.list_logical_devices("GPU"):
                 fast_training.install(self.training_model)

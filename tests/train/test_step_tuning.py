@@ -143,8 +143,7 @@ def test_tuned_step_updates_as_the_keras_step(tiny_manifest, tmp_path, monkeypat
             monkeypatch.setattr(train_module, switch, tuned)
         trainer = Trainer(tiny_config(tmp_path / f"run{tuned}", decay=0.01, augment=False, **changes),
                           tiny_manifest, verbose=0)
-        norms = [la for la in fast_training.layers_of(trainer.training_model)
-                 if isinstance(la, keras.layers.BatchNormalization)]
+        norms = fast_training.batch_norm_layers(trainer.training_model)
         assert norms and all(("call" in vars(la)) == tuned for la in norms)
         outputs, weights = [], []
         for images, labels in batches:

@@ -63,12 +63,14 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
     return type(self).call(self, inputs, training=training, mask=mask)
 
 
-def layers_of(model) -> list[keras.layers.Layer]:
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of ``model``, nested models included."""
     found = []
     for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(layers_of(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batch_norm_layers(layer))
     return found
 
 
@@ -76,9 +78,7 @@ def install(model) -> int:
     """Point the training-mode call of every BatchNormalization layer of ``model`` (nested models included) at
     :func:`fused_batch_norm_training`; returns how many layers were changed. Only the instances change: class,
     config and weights do not, so saving, loading and exporting see Keras' layer."""
-    changed = 0
-    for layer in layers_of(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.call = types.MethodType(_batch_norm_call, layer)
-            changed += 1
-    return changed
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.call = types.MethodType(_batch_norm_call, layer)
+    return len(layers)
