@@ -259,6 +259,7 @@ def run(args) -> dict:
         metrics = evaluate(folder, variant_manifest if overrides else manifest, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
                            pairs_root=str(pairs_root))
         result["variants"][name] = {**trained, "wall_minutes": (time.time() - started) / 60,
+                                    "load_average_at_end": os.getloadavg(),  # 1/5/15 min: the 15 spans the run
                                     **verification_figures(metrics["summary"])}
         print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
         if args.out:  # keep what is done so far, so an interrupted run still tells something
