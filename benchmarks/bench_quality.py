@@ -4,6 +4,7 @@
     python benchmarks/bench_quality.py --dataset orl --budget_minutes 3 --out benchmarks/results/quality_orl.json
     python benchmarks/bench_quality.py --dataset lfw --variants preset,aligned,photos --out benchmarks/results/quality_lfw_aligned.json
     python benchmarks/bench_quality.py --workdir W --pipeline_run runs/local/arcface-training-...  # vs pipeline.py
+    python benchmarks/bench_quality.py --workdir W --paired preset,softmax   # fold by fold, same pairs
 
 Open-set protocol: identities are split so that no test identity is ever seen in training. LFW: every
 identity with 2-3 images, plus a seeded quarter of those with 4 or more, is held out; the rest (4+ images)
@@ -46,6 +47,9 @@ VARIANTS = {
     # The cosine schedule ending inside the budget (10 epochs instead of 14) and the decoded crops cached.
     "preset_fitted": {"epochs": 10, "cache": True},
     "softmax_fitted": {"margin": "softmax", "epochs": 10, "cache": True},
+    # The LFW preset's way of training s=64 (README, "Why s=64 sat on its plateau") on another preset.
+    "reference_recipe": {"margin": "arcface", "enhance": 64.0, "penalty": 0.5, "margin_gradient": "straight_through",
+                         "backbone_clipnorm": 5.0, "jitter": False, "schedule": "poly", "cache": True},
 }
 
 
@@ -329,6 +333,36 @@ def compare_pipeline(workdir: Path, run_dir: Path) -> dict:
             "auc_difference": pipe["auc"] - bench["auc"]}
 
 
+def paired_folds(workdir: Path, first: str, second: str) -> dict:
+    """Two variants scored on the same pairs, fold by fold: the folds differ in difficulty far more than the
+    variants do, so the spread that tells them apart is that of the per-fold differences, not of each one's
+    accuracies."""
+    import statistics
+
+    def verification(name: str) -> dict:
+        path = workdir / "eval" / name / "metrics.json"
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run the variant {name} with this --workdir first")
+        return json.loads(path.read_text())["verification"]
+
+    a, b = verification(first), verification(second)
+    if (a["pairs_file"], a["pairs_counts"]) != (b["pairs_file"], b["pairs_counts"]):
+        raise SystemExit(f"{first} and {second} were scored on different pairs; run both on one --workdir")
+    differences = [x - y for x, y in zip(a["fold_accuracies"], b["fold_accuracies"], strict=True)]
+    return {"benchmark": "quality_paired_folds", "workdir": str(workdir), "variants": [first, second],
+            "pairs_file": a["pairs_file"], "fold_accuracies": {first: a["fold_accuracies"],
+                                                               second: b["fold_accuracies"]},
+            "fold_differences": differences, "mean_difference": statistics.mean(differences),
+            "difference_std": statistics.stdev(differences),
+            "folds_first_better": sum(d > 0 for d in differences),
+            "folds_second_better": sum(d < 0 for d in differences),
+            "auc_difference": a["auc"] - b["auc"],
+            "tar_at_far_difference": {far: a["tar_at_far"][far]["tar"] - b["tar_at_far"][far]["tar"]
+                                      for far in a["tar_at_far"]
+                                      if a["tar_at_far"][far]["tar"] is not None
+                                      and b["tar_at_far"].get(far, {}).get("tar") is not None}}
+
+
 def _write(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -350,12 +384,18 @@ def main(argv=None) -> int:
                         help="keep the other variants already in --out (same data set, seed, budget and split)")
     parser.add_argument("--pipeline_run", help="compare the pipeline run folder of the preset (on the split in "
                                                "--workdir) with the benchmark's preset run there; trains nothing")
+    parser.add_argument("--paired", metavar="A,B",
+                        help="compare two variants already scored in --workdir fold by fold; trains nothing")
     parser.add_argument("--prepare_only", action="store_true",
                         help="only make the split and pairs file, and print the pipeline command that trains on them")
     args = parser.parse_args(argv)
     args.config = args.config or str(REPO / "configs" / f"{args.dataset}_cpu.yaml")
     logging.basicConfig(level=logging.WARNING)
-    if args.pipeline_run:
+    if args.paired:
+        if not args.workdir or args.paired.count(",") != 1:
+            raise SystemExit("--paired A,B needs two variant names and the --workdir where both were scored")
+        result = paired_folds(Path(args.workdir), *args.paired.split(","))
+    elif args.pipeline_run:
         if not args.workdir:
             raise SystemExit("--pipeline_run needs the --workdir of the benchmark run it is compared with")
         result = compare_pipeline(Path(args.workdir), Path(args.pipeline_run))
