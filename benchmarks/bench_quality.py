@@ -5,11 +5,12 @@
     python benchmarks/bench_quality.py --dataset lfw --variants preset,aligned,photos --out benchmarks/results/quality_lfw_aligned.json
     python benchmarks/bench_quality.py --workdir W --pipeline_run runs/local/arcface-training-...  # vs pipeline.py
     python benchmarks/bench_quality.py --workdir W --paired preset,softmax   # fold by fold, same pairs
+    python benchmarks/bench_quality.py --train_min_images 2 --set epochs=10 --rescore old=W/models/preset ...
 
 Open-set protocol: identities are split so that no test identity is ever seen in training. LFW: every
 identity with 2-3 images, plus a seeded quarter of those with 4 or more, is held out; the rest (4+ images)
 train, with one image of each identity that has 5+ kept for the closed-set validation that picks the best
-epoch. ORL: a seeded quarter of the 40 identities is held out. Test pairs are all genuine pairs of the held-out
+epoch (--train_min_images 2 trains the 2-3-image identities too, 1 every identity; the held-out quarter stays). ORL: a seeded quarter of the 40 identities is held out. Test pairs are all genuine pairs of the held-out
 identities (a seeded sample when there are more than --max_genuine) and as many seeded impostor pairs, written
 as an LFW-format pairs file and scored by the evaluation step (10-fold accuracy, AUC, TAR@FAR).
 
@@ -55,14 +56,19 @@ VARIANTS = {
 }
 
 
-def split_identities(root: Path, dataset: str, seed: int) -> tuple[dict, dict, dict]:
-    """(train {id: [files]}, validation {id: [files]}, test {id: [files]}) with disjoint identities."""
+def split_identities(root: Path, dataset: str, seed: int, train_min_images: int = 4) -> tuple[dict, dict, dict]:
+    """(train {id: [files]}, validation {id: [files]}, test {id: [files]}) with disjoint identities.
+
+    LFW: train_min_images < 4 trains the identities with that many images or more too (2: those with 2-3
+    images, 1: every identity); the held-out quarter of the 4+ identities is the same for one seed either way."""
     rng = random.Random(seed)
     people = {p.name: sorted(f for f in p.iterdir() if f.is_file()) for p in sorted(root.iterdir()) if p.is_dir()}
     if dataset == "lfw":
         big = sorted(n for n, f in people.items() if len(f) >= 4)
-        held = set(rng.sample(big, len(big) // 4)) | {n for n, f in people.items() if 2 <= len(f) <= 3}
-        train_ids = [n for n in big if n not in held]
+        held = set(rng.sample(big, len(big) // 4))
+        if train_min_images >= 4:
+            held |= {n for n, f in people.items() if 2 <= len(f) <= 3}
+        train_ids = [n for n in sorted(people) if len(people[n]) >= min(train_min_images, 4) and n not in held]
     else:
         names = sorted(people)
         held = set(rng.sample(names, len(names) // 4))
@@ -195,7 +201,8 @@ def run(args) -> dict:
     if not source.is_dir():
         raise SystemExit(f"{source} not found: this benchmark needs ../shared/data/faces (or ARCFACE_SHARED_FACES)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"arcface-quality-{args.dataset}-"))
-    train_split, validation_split, test_split = split_identities(source, args.dataset, args.seed)
+    train_split, validation_split, test_split = split_identities(source, args.dataset, args.seed,
+                                                                 args.train_min_images)
     link_tree(work / "data" / "train", train_split)
     link_tree(work / "data" / "validation", validation_split)
     pairs_root = source if args.dataset == "lfw" else orl_as_lfw(source, work / "orl_as_lfw")
@@ -206,11 +213,13 @@ def run(args) -> dict:
     if args.prepare_only:
         command = (f"python pipeline.py run --local --config {args.config} --data {work / 'data'} "
                    f"--param n_classes={len(train_split)} --param pairs_file={work / 'pairs.txt'} "
-                   f"--param pairs_root={pairs_root} --param accuracy_threshold=0.0")
+                   f"--param pairs_root={pairs_root} --param accuracy_threshold=0.0"
+                   + "".join(f" --param {k}={v}" for k, v in args.set.items()))
         return {"workdir": str(work), "train_identities": len(train_split), "pairs": pair_counts,
                 "pipeline_command": command}
     base = load_yaml(args.config)
-    base = base.replace(n_classes=len(train_split), max_minutes=args.budget_minutes, seed=args.seed)
+    base = base.replace(n_classes=len(train_split), max_minutes=args.budget_minutes, seed=args.seed,
+                        **args.set)
     validated = run_validation(str(work / "data" / "train"), str(work / "data" / "validation"),
                                str(work / "manifest"), n_classes=base.n_classes, min_images=base.min_images)
     manifest = validated.manifest
@@ -218,6 +227,7 @@ def run(args) -> dict:
     result = {"benchmark": "quality", "dataset": args.dataset, "package_version": __version__,
               "config": args.config, "budget_minutes": args.budget_minutes, "seed": args.seed,
               "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+              "train_min_images": args.train_min_images, "set": args.set,
               "split": {"train_identities": len(train_split), "train_images": n_train,
                         "validation_images": len(manifest.split("validation")),
                         "test_identities": len(test_split),
@@ -228,11 +238,16 @@ def run(args) -> dict:
     if args.append and args.out and os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
-        same = ("dataset", "seed", "budget_minutes", "split")
+        same = ("dataset", "seed", "budget_minutes", "split", "set")
         if any(earlier.get(k) != result[k] for k in same):
             raise SystemExit(f"--append: {args.out} was measured with another {'/'.join(same)}; "
                              "write to a new --out instead")
         result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
+    for name, model in args.rescore.items():  # a model trained elsewhere, scored on these pairs
+        metrics = evaluate(model, None, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
+                           pairs_root=str(pairs_root))
+        result["variants"][name] = {"rescored_model": model, **verification_figures(metrics["summary"])}
+        print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
     for name in variants:
         if name == "photos":
             result["variants"][name] = photos_variant(work, pairs_root, args.seed, result["variants"].get("aligned"))
@@ -372,6 +387,16 @@ def _write(path: str, result: dict) -> None:
         f.write("\n")
 
 
+def _pairs(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not (sep and key and value):
+            parser.error(f"{flag} {item!r}: expected NAME=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("lfw", "orl"), default="lfw")
@@ -380,6 +405,13 @@ def main(argv=None) -> int:
     parser.add_argument("--budget_minutes", type=float, default=20.0)
     parser.add_argument("--max_genuine", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train_min_images", type=int, default=4, choices=(1, 2, 4),
+                        help="LFW: train the identities with at least this many images (held out: a quarter of "
+                             "the 4+ ones, and the 2-3 ones while this is 4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preset field for every variant (a variant's own fields win), e.g. epochs=12")
+    parser.add_argument("--rescore", action="append", default=[], metavar="NAME=MODEL_DIR",
+                        help="score a model trained elsewhere on this split's pairs, as the variant NAME")
     parser.add_argument("--workdir", help="keep the split, models and reports here (default: a temp folder)")
     parser.add_argument("--out", help="also write the JSON here (updated after each variant)")
     parser.add_argument("--append", action="store_true",
@@ -391,6 +423,15 @@ def main(argv=None) -> int:
     parser.add_argument("--prepare_only", action="store_true",
                         help="only make the split and pairs file, and print the pipeline command that trains on them")
     args = parser.parse_args(argv)
+    args.set = _pairs(parser, "--set", args.set)
+    args.rescore = _pairs(parser, "--rescore", args.rescore)
+    if args.set:
+        from arcface.config import ConfigError, from_dict
+
+        try:
+            args.set = {k: from_dict({k: v}).to_dict()[k] for k, v in args.set.items()}  # the flags' own types
+        except ConfigError as e:
+            parser.error(f"--set: {e}")
     args.config = args.config or str(REPO / "configs" / f"{args.dataset}_cpu.yaml")
     logging.basicConfig(level=logging.WARNING)
     if args.paired:
