@@ -241,7 +241,8 @@ def run(args) -> dict:
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
         same = ("dataset", "seed", "budget_minutes", "split", "set")
-        if any(earlier.get(k) != result[k] for k in same):
+        defaults = {"set": {}}  # results written before --set existed
+        if any(earlier.get(k, defaults.get(k)) != result[k] for k in same):
             raise SystemExit(f"--append: {args.out} was measured with another {'/'.join(same)}; "
                              "write to a new --out instead")
         result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
