@@ -102,9 +102,11 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
 #: Tuning of the training step (issue #20; measured in benchmarks/results/train_step_tuning_cpu.json).
 #: FUSED_BATCH_NORM: the BatchNormalization layers train through FusedBatchNormV3 (arcface.models.fast_training),
 #: the same maths in one op each way instead of Keras' float32 chains; on CPUs only, where it was measured (a
-#: GPU run keeps Keras' kernels). ``bench_train.py --untuned`` turns every switch of TUNING off.
+#: GPU run keeps Keras' kernels). FAST_PRELU: the PReLU layers compute through fast_training.fast_prelu, its
+#: gradient written out (CPU only as well). ``bench_train.py --untuned`` turns every switch of TUNING off.
 FUSED_BATCH_NORM = True
-TUNING = ("FUSED_BATCH_NORM",)
+FAST_PRELU = True
+TUNING = ("FUSED_BATCH_NORM", "FAST_PRELU")
 
 
 def decayed_variables(model: keras.Model) -> list[tf.Variable]:
@@ -407,8 +409,8 @@ class Trainer:
                 # replicas normalize by those of batch_size / replicas images, and train another model.
                 for layer in fast_training.batch_norm_layers(self.training_model):
                     layer.synchronized = True
-            if FUSED_BATCH_NORM and not tf.config.list_logical_devices("GPU"):
-                fast_training.install(self.training_model)
+            if not tf.config.list_logical_devices("GPU"):
+                fast_training.install(self.training_model, batch_norm=FUSED_BATCH_NORM, prelu=FAST_PRELU)
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
             self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch,

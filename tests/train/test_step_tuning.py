@@ -1,5 +1,5 @@
 """The tuned training step computes what the plain Keras one did: BatchNormalization through
-FusedBatchNormV3 against NumPy and Keras' kernels, the step's SGD-momentum update with the coupled L2 decay
+FusedBatchNormV3 and PReLU through its written-out gradient against NumPy and Keras' kernels, the step's SGD-momentum update with the coupled L2 decay
 against NumPy, and whole steps against the untuned ones."""
 
 from __future__ import annotations
@@ -91,6 +91,70 @@ def test_layers_the_fused_kernel_cannot_serve_keep_keras_call():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# PReLU with its gradient written out
+# ---------------------------------------------------------------------------------------------------------
+def numpy_prelu(x, alpha, upstream, reduce_axes):
+    """y = max(x, 0) + alpha * min(x, 0); dy/dx = 1 where x > 0, else alpha; dL/dalpha = sum of upstream * min(x, 0)
+    over the axes alpha is shared along (and the batch)."""
+    y = np.maximum(x, 0) + alpha * np.minimum(x, 0)
+    dx = upstream * np.where(x > 0, 1.0, alpha)
+    dalpha = (upstream * np.minimum(x, 0)).sum(axis=reduce_axes, keepdims=True)[0]
+    return y, dx, dalpha
+
+
+@pytest.mark.parametrize(("shape", "shared_axes", "reduce_axes"),
+                         [((4, 5, 6, 3), [1, 2], (0, 1, 2)), ((6, 4), None, (0,)), ((3, 4, 5, 2), [1], (0, 1))])
+def test_fast_prelu_matches_numpy_and_keras(shape, shared_axes, reduce_axes):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape).astype(np.float32)
+    upstream = rng.normal(size=shape).astype(np.float32)
+    layers = [keras.layers.PReLU(shared_axes=shared_axes) for _ in range(2)]
+    for layer in layers:
+        layer.build(shape)
+        # Slopes of both signs and above 1: the kernel must not rely on 0 <= alpha <= 1 (max(x, alpha * x) would).
+        layer.alpha.assign(rng.uniform(-1.5, 1.5, layer.alpha.shape).astype(np.float32))
+    keras_layer, fast_layer = layers
+    fast_layer.alpha.assign(keras_layer.alpha.numpy())
+    assert fast_training.install(keras.Sequential([fast_layer]), batch_norm=False, prelu=True) == 1
+
+    results = []
+    for layer in layers:
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt)
+            loss = tf.reduce_sum(y * upstream)
+        dx, dalpha = tape.gradient(loss, [xt, layer.alpha])
+        results.append((y.numpy(), dx.numpy(), dalpha.numpy()))
+    expected = numpy_prelu(x.astype(np.float64), keras_layer.alpha.numpy().astype(np.float64),
+                           upstream.astype(np.float64), reduce_axes)
+    for fast, plain, reference in zip(results[1], results[0], expected, strict=True):
+        assert fast.shape == reference.shape
+        np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
+    assert type(fast_layer) is keras.layers.PReLU and "call" not in fast_layer.get_config()
+
+
+def test_fast_prelu_in_bfloat16_keeps_the_dtype_and_sums_the_slope_gradient_in_float32():
+    """A slope's gradient sums ~1e5 products in a real layer: summed in bfloat16 (8 significant bits) it would
+    stall; TensorFlow's bfloat16 Sum accumulates in float32, which this checks on 200,704 equal terms."""
+    layer = keras.layers.PReLU(shared_axes=[1, 2], dtype="mixed_bfloat16")
+    shape = (32, 56, 56, 2)
+    layer.build(shape)
+    layer.alpha.assign(np.full(layer.alpha.shape, 0.25, np.float32))
+    fast_training.install(keras.Sequential([layer]), batch_norm=False, prelu=True)
+    x = -tf.ones(shape, tf.bfloat16)
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+    assert y.dtype == tf.bfloat16
+    np.testing.assert_allclose(y.numpy().astype(np.float32), -0.25, rtol=0)
+    dalpha = tape.gradient(loss, layer.alpha)
+    assert dalpha.dtype == tf.float32
+    np.testing.assert_allclose(dalpha.numpy().ravel(), -32 * 56 * 56, rtol=1e-2)  # bfloat16's rounding of the sum
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The step's update: SGD with momentum and the coupled L2 decay
 # ---------------------------------------------------------------------------------------------------------
 def numpy_sgd_momentum_l2(w, grads, lr, momentum, decay):
@@ -144,7 +208,8 @@ def test_tuned_step_updates_as_the_keras_step(tiny_manifest, tmp_path, monkeypat
         trainer = Trainer(tiny_config(tmp_path / f"run{tuned}", decay=0.01, augment=False, **changes),
                           tiny_manifest, verbose=0)
         norms = fast_training.batch_norm_layers(trainer.training_model)
-        assert norms and all(("call" in vars(la)) == tuned for la in norms)
+        prelus = fast_training.prelu_layers(trainer.training_model)
+        assert norms and prelus and all(("call" in vars(la)) == tuned for la in norms + prelus)
         outputs, weights = [], []
         for images, labels in batches:
             outputs.append([float(x) for x in trainer._train_step(images, labels)])

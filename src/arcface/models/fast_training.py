@@ -1,4 +1,4 @@
-"""A faster training-mode kernel for the backbones' BatchNormalization layers, the same maths.
+"""Faster kernels for the backbones' BatchNormalization and PReLU layers in training, the same maths.
 
 Keras 3's BatchNormalization computes in float32 whatever the policy, out of a dozen elementwise ops (cast up,
 mean, squared difference, mean, rsqrt, scale, shift, cast down) and twice as many in the backward pass; under
@@ -14,6 +14,14 @@ What stays exactly as Keras computes it: normalization by the biased batch varia
 unbiased one, which is rescaled), and the output in the layer's compute dtype. Layers the fused kernel cannot
 serve (a mask, synchronized statistics across replicas, renorm, an axis other than the last, rank other than 2
 or 4) keep Keras' call.
+
+PReLU: Keras computes ``relu(x) - alpha * relu(-x)``, five elementwise ops forward and twice as many backward
+(two ReluGrads, the Negs, a Mul and a Sum for each side); in bfloat16 on a CPU they were 34 % of MobileFaceNet's
+op time once BatchNorm was fused. :func:`fast_prelu` computes ``x * where(x > 0, 1, alpha)``, its gradient written
+out: ``dy * where(x > 0, 1, alpha)`` (the scale the forward pass already made) and ``sum(dy * min(x, 0))`` over the
+shared axes (TensorFlow sums bfloat16 in float32), seven ops in all. Unlike the BatchNorm kernel it serves
+inference too (PReLU's ``call`` has no training argument), with the same values; a saved model is still Keras'
+PReLU, its config and weights untouched.
 """
 
 from __future__ import annotations
@@ -63,22 +71,56 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
     return type(self).call(self, inputs, training=training, mask=mask)
 
 
-def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every BatchNormalization layer of ``model``, nested models included."""
+def _sum_to_shape(gradient: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
+    """The gradient of a broadcast operand: summed over the axes it was broadcast along."""
+    leading = len(gradient.shape) - len(shape)
+    axes = list(range(leading)) + [leading + i for i, n in enumerate(shape) if n == 1]
+    return tf.reshape(tf.reduce_sum(gradient, axis=axes), shape)
+
+
+@tf.custom_gradient
+def fast_prelu(x: tf.Tensor, alpha: tf.Tensor):
+    """``max(x, 0) + alpha * min(x, 0)``, alpha broadcast against x (Keras' PReLU weight: x's shape without the
+    batch axis, 1 along the shared axes)."""
+    scale = tf.where(x > 0, tf.ones([], x.dtype), alpha)
+    def gradient(dy):
+        return dy * scale, _sum_to_shape(dy * tf.minimum(x, tf.zeros([], x.dtype)), alpha.shape)
+    return x * scale, gradient
+
+
+def _prelu_call(self, inputs):
+    return fast_prelu(inputs, tf.cast(self.alpha, inputs.dtype))
+
+
+def _layers(model: keras.Model, kind: type) -> list:
     found = []
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, kind):
             found.append(layer)
         elif isinstance(layer, keras.Model):
-            found.extend(batch_norm_layers(layer))
+            found.extend(_layers(layer, kind))
     return found
 
 
-def install(model) -> int:
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of ``model``, nested models included."""
+    return _layers(model, keras.layers.BatchNormalization)
+
+
+def prelu_layers(model: keras.Model) -> list[keras.layers.PReLU]:
+    """Every PReLU layer of ``model``, nested models included."""
+    return _layers(model, keras.layers.PReLU)
+
+
+def install(model, batch_norm: bool = True, prelu: bool = False) -> int:
     """Point the training-mode call of every BatchNormalization layer of ``model`` (nested models included) at
-    :func:`fused_batch_norm_training`; returns how many layers were changed. Only the instances change: class,
-    config and weights do not, so saving, loading and exporting see Keras' layer."""
-    layers = batch_norm_layers(model)
-    for layer in layers:
-        layer.call = types.MethodType(_batch_norm_call, layer)
-    return len(layers)
+    :func:`fused_batch_norm_training`, and with ``prelu`` every PReLU's call at :func:`fast_prelu`; returns how many
+    layers were changed. Only the instances change: class, config and weights do not, so saving, loading and
+    exporting see Keras' layers."""
+    changed = 0
+    for wanted, layers, call in ((batch_norm, batch_norm_layers(model), _batch_norm_call),
+                                 (prelu, prelu_layers(model), _prelu_call)):
+        for layer in layers if wanted else ():
+            layer.call = types.MethodType(call, layer)
+            changed += 1
+    return changed
