@@ -246,6 +246,7 @@ def run(args) -> dict:
             raise SystemExit(f"--append: {args.out} was measured with another {'/'.join(same)}; "
                              "write to a new --out instead")
         result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
+        result.update({k: earlier[k] for k in ("config", "load_average_at_start") if k in earlier})
     for name, model in args.rescore.items():  # a model trained elsewhere, scored on these pairs
         metrics = evaluate(model, None, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
                            pairs_root=str(pairs_root))
@@ -260,7 +261,7 @@ def run(args) -> dict:
             continue
         overrides = VARIANTS[name]
         folder = str(work / "models" / name)
-        started = time.time()
+        started, load_at_start = time.time(), os.getloadavg()
         keras.backend.clear_session()
         if overrides is None:
             untrained_model(base, manifest, folder)
@@ -283,7 +284,8 @@ def run(args) -> dict:
         metrics = evaluate(folder, variant_manifest if overrides else manifest, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
                            pairs_root=str(pairs_root))
         result["variants"][name] = {**trained, "wall_minutes": (time.time() - started) / 60,
-                                    "load_average_at_end": os.getloadavg(),  # 1/5/15 min: the 15 spans the run
+                                    "load_average_at_start": load_at_start,  # 1/5/15 min: the 15 spans the run
+                                    "load_average_at_end": os.getloadavg(),
                                     **verification_figures(metrics["summary"])}
         print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
         if args.out:  # keep what is done so far, so an interrupted run still tells something
