@@ -14,6 +14,11 @@ capability). Partial-FC is not timed in that mode.
 
 --untuned times the step without the tuning of issue #20 (benchmarks/results/train_step_tuning_cpu.json): the
 figures of train_precisions_cpu.json before it were taken that way.
+
+--ab SWITCH times one switch of arcface.train.TUNING off against on (``--backbones`` as BACKBONE:POLICY, e.g.
+``MobileFaceNet:mixed_bfloat16,ResNet50:mixed_bfloat16``): both steps built side by side in one process and
+timed in alternating rounds of --steps steps (order reversed every other round), so load that comes and goes
+hits both; the figure is the median of the per-round ratios, off time / on time.
 """
 
 from __future__ import annotations
@@ -97,6 +102,55 @@ def time_steps(config, warmup: int, steps: int) -> dict:
             "policy": trainer.precision.policy, "last_loss": losses[-1] if losses else None}
 
 
+def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int, rounds: int) -> dict:
+    """One TUNING switch off vs on, per BACKBONE:POLICY case, in alternating rounds (see the module's text)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from arcface import train as train_module
+    from arcface.config import TrainConfig
+
+    if switch not in train_module.TUNING:
+        raise SystemExit(f"--ab {switch}: not a tuning switch; known: {', '.join(train_module.TUNING)}")
+    out = {"switch": switch, "rounds": rounds, "steps_per_round": steps, "cases": {}}
+    for case in cases:
+        backbone, _, policy = case.partition(":")
+        config = TrainConfig(**{**base, "backbone": backbone, "precision": policy or "float32",
+                                "mixed_precision": False})
+        trainers = {}
+        for on in (False, True):
+            setattr(train_module, switch, on)  # read when the trainer builds its model
+            trainers[on] = _trainer(config)
+        rng = np.random.default_rng(0)
+        images = tf.constant(rng.uniform(-1, 1, (config.batch_size, config.image_size, config.image_size, 3)),
+                             tf.float32)
+        labels = tf.constant(rng.integers(0, config.n_classes, config.batch_size), tf.int32)
+        for trainer in trainers.values():
+            for _ in range(warmup):
+                float(trainer._train_step(images, labels)[0])
+        ratios, medians, loads = [], {False: [], True: []}, []
+        for r in range(rounds):
+            for on in ((False, True) if r % 2 == 0 else (True, False)):
+                times = []
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    float(trainers[on]._train_step(images, labels)[0])
+                    times.append(time.perf_counter() - t0)
+                medians[on].append(statistics.median(times))
+            ratios.append(medians[False][-1] / medians[True][-1])
+            loads.append(os.getloadavg()[0])
+        out["cases"][case] = {
+            "policy": trainers[True].precision.policy, "speedup_median": statistics.median(ratios),
+            "speedup_min": min(ratios), "speedup_max": max(ratios),
+            "off_images_per_second": config.batch_size / statistics.median(medians[False]),
+            "on_images_per_second": config.batch_size / statistics.median(medians[True]),
+            "load_average_1min": {"min": min(loads), "max": max(loads)}}
+        print(f"{case} {switch}: x{out['cases'][case]['speedup_median']:.2f}", file=sys.stderr)
+        del trainers
+    setattr(train_module, switch, True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default=None,
@@ -115,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--untuned", action="store_true",
                         help="time the step as it was before issue #20's tuning (Keras' own BatchNormalization "
                              "kernels, SGD update and weight decay as a loss term; see arcface.train.TUNING)")
+    parser.add_argument("--ab", metavar="SWITCH", help="one TUNING switch off vs on (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --ab: alternating rounds of --steps steps")
     parser.add_argument("--partial_fc_backbone", default="TinyFaceNet",
                         help="small backbone for the 1e3 vs 1e6 identities comparison ('' to skip)")
     parser.add_argument("--out", help="also write the JSON here")
@@ -137,11 +193,16 @@ def main(argv=None) -> int:
     result = {"benchmark": "train", "package_version": __version__, "tensorflow": tf.__version__,
               "device": device, "device_features": device_features(), "image_size": args.image_size,
               "batch_size": args.batch_size, "jit_compile": args.jit_compile,
-              "tuning": {switch: bool(getattr(train_module, switch)) for switch in train_module.TUNING}}
+              "tuning": {switch: bool(getattr(train_module, switch)) for switch in train_module.TUNING},
+              "load_average_at_start": os.getloadavg()}  # 1/5/15 min: what else was on the cores
     base = dict(n_classes=1000, image_size=args.image_size, batch_size=args.batch_size, dropout=0.0,
                 precision=requested, jit_compile=args.jit_compile, save_path="/tmp/arcface-bench",
                 warmup_epochs=0.0)
-    if args.compare_precisions:
+    if args.ab:
+        cases = (args.backbones or "MobileFaceNet:mixed_bfloat16,ResNet50:mixed_bfloat16").split(",")
+        result["ab"] = ab_switch(args.ab, [c for c in cases if c], base, args.warmup, args.steps, args.rounds)
+        args.partial_fc_backbone = ""
+    elif args.compare_precisions:
         names = (args.backbones if args.backbones is not None else "ResNet18,ResNet50,MobileFaceNet").split(",")
         result["precision_comparison"] = compare_precisions([n for n in names if n], base, args.warmup, args.steps)
         args.partial_fc_backbone = ""
@@ -165,6 +226,7 @@ def main(argv=None) -> int:
         pfc["ratio_1e6_vs_1e3"] = pfc["1000000"]["median_step_s"] / pfc["1000"]["median_step_s"]
         result["partial_fc"] = {"backbone": args.partial_fc_backbone, "sample_rate": 0.1, **pfc}
 
+    result["load_average_at_end"] = os.getloadavg()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
