@@ -10,7 +10,8 @@
 Open-set protocol: identities are split so that no test identity is ever seen in training. LFW: every
 identity with 2-3 images, plus a seeded quarter of those with 4 or more, is held out; the rest (4+ images)
 train, with one image of each identity that has 5+ kept for the closed-set validation that picks the best
-epoch (--train_min_images 2 trains the 2-3-image identities too, 1 every identity; the held-out quarter stays). ORL: a seeded quarter of the 40 identities is held out. Test pairs are all genuine pairs of the held-out
+epoch (--train_min_images 2 trains the 2-3-image identities too, 1 every identity; the held-out quarter
+stays). ORL: a seeded quarter of the 40 identities is held out. Test pairs are all genuine pairs of the held-out
 identities (a seeded sample when there are more than --max_genuine) and as many seeded impostor pairs, written
 as an LFW-format pairs file and scored by the evaluation step (10-fold accuracy, AUC, TAR@FAR).
 

@@ -1,6 +1,6 @@
 """The tuned training step computes what the plain Keras one did: BatchNormalization through
-FusedBatchNormV3 and PReLU through its written-out gradient against NumPy and Keras' kernels, the step's SGD-momentum update with the coupled L2 decay
-against NumPy, and whole steps against the untuned ones."""
+FusedBatchNormV3 and PReLU through its written-out gradient against NumPy and Keras' kernels, the step's
+SGD-momentum update with the coupled L2 decay against NumPy, and whole steps against the untuned ones."""
 
 from __future__ import annotations
 
