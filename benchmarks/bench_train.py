@@ -46,6 +46,17 @@ def _trainer(config):
     return Trainer(config, manifest, verbose=0)
 
 
+def _synthetic_batch(config):
+    """One seeded batch of normalized images and labels: the step is timed on the same batch every time."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(-1, 1, (config.batch_size, config.image_size, config.image_size, 3)),
+                         tf.float32)
+    return images, tf.constant(rng.integers(0, config.n_classes, config.batch_size), tf.int32)
+
+
 def device_features() -> dict:
     """What the precision choice reads: this CPU's relevant flags, and every GPU's name and compute capability."""
     from arcface import precision
@@ -81,14 +92,9 @@ def compare_precisions(names, base: dict, warmup: int, steps: int) -> dict:
 
 
 def time_steps(config, warmup: int, steps: int) -> dict:
-    import numpy as np
-    import tensorflow as tf
 
     trainer = _trainer(config)
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.uniform(-1, 1, (config.batch_size, config.image_size, config.image_size, 3)),
-                         tf.float32)
-    labels = tf.constant(rng.integers(0, config.n_classes, config.batch_size), tf.int32)
+    images, labels = _synthetic_batch(config)
     for _ in range(warmup):
         float(trainer._train_step(images, labels)[0])
     times, losses = [], []
@@ -104,8 +110,6 @@ def time_steps(config, warmup: int, steps: int) -> dict:
 
 def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int, rounds: int) -> dict:
     """One TUNING switch off vs on, per BACKBONE:POLICY case, in alternating rounds (see the module's text)."""
-    import numpy as np
-    import tensorflow as tf
 
     from arcface import train as train_module
     from arcface.config import TrainConfig
@@ -121,10 +125,7 @@ def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int
         for on in (False, True):
             setattr(train_module, switch, on)  # read when the trainer builds its model
             trainers[on] = _trainer(config)
-        rng = np.random.default_rng(0)
-        images = tf.constant(rng.uniform(-1, 1, (config.batch_size, config.image_size, config.image_size, 3)),
-                             tf.float32)
-        labels = tf.constant(rng.integers(0, config.n_classes, config.batch_size), tf.int32)
+        images, labels = _synthetic_batch(config)
         for trainer in trainers.values():
             for _ in range(warmup):
                 float(trainer._train_step(images, labels)[0])
