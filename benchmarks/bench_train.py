@@ -19,6 +19,21 @@ figures of train_precisions_cpu.json before it were taken that way.
 ``MobileFaceNet:mixed_bfloat16,ResNet50:mixed_bfloat16``): both steps built side by side in one process and
 timed in alternating rounds of --steps steps (order reversed every other round), so load that comes and goes
 hits both; the figure is the median of the per-round ratios, off time / on time.
+
+--against_reference times our whole step against insightface's reference trainer's (arcface_torch's
+get_model(), PartialFC_V2 and CombinedMarginLoss, its SGD and backbone clip; reference_probe_torch.py --speed) in
+alternating rounds: ours in this process, the reference in --reference_python, a Python that has PyTorch, with
+--arcface_torch its recognition/arcface_torch folder. Both run the same recipe (ArcFace s=64, m=0.5, 1,000
+classes, SGD momentum 0.9, weight decay 5e-4, backbone gradients clipped to 5) on a synthetic batch; ours under
+the --precision policy, the reference's backbone under torch.autocast("cpu", bfloat16) when that policy is
+bfloat16. The figure is the median of the per-round ratios, reference time / our time. Once after the rounds
+the reference's backbone alone is timed too (forward, backward and its update, no head: how issue #20's figures
+for it were taken).
+
+--profile runs the TensorFlow profiler over --steps steps of each backbone (after --warmup) and reports where the
+op time goes: by kind (convolutions forward, input gradient and filter gradient; BatchNorm; PReLU; the rest) and
+the op types that cost most. Op time is summed over TensorFlow's inter-op threads, which run ops side by side, so
+it exceeds the step's wall time; shares are of op time.
 """
 
 from __future__ import annotations
@@ -152,6 +167,134 @@ def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int
     return out
 
 
+def _op_kind(name: str) -> str:
+    """The kind of one profiled op, from its TensorFlow name ("scope/.../op:OpType")."""
+    scope, _, op_type = name.rpartition(":")
+    if "Conv2DBackpropFilter" in op_type or "NativeBackpropFilter" in op_type:
+        return "convolution, filter gradient"
+    if "BackpropInput" in op_type:
+        return "convolution, input gradient"
+    if "conv2d" in op_type.lower() or "MatMul" in op_type:
+        return "convolution/matmul, forward"
+    if "BatchNorm" in op_type or "_bn" in scope:
+        return "batchnorm"
+    if "prelu" in scope:
+        return "prelu"
+    return "other (update, residual sums, decay, head, casts)"
+
+
+def profile_steps(config, warmup: int, steps: int) -> dict:
+    """Op time by kind over ``steps`` profiled training steps (see the module's text)."""
+    import collections
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    trainer = _trainer(config)
+    images, labels = _synthetic_batch(config)
+    for _ in range(warmup):
+        float(trainer._train_step(images, labels)[0])
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            float(trainer._train_step(images, labels)[0])
+        wall = (time.perf_counter() - t0) / steps
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    kinds, op_types = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" not in name:  # the executor's own spans enclose the ops
+                    continue
+                seconds = event.duration_ps / 1e12 / steps
+                kinds[_op_kind(name)] += seconds
+                op_types[name.rpartition(":")[2]] += seconds
+    total = sum(kinds.values())
+    return {"policy": trainer.precision.policy, "wall_step_s": wall, "op_time_s_per_step": total,
+            "share": {k: round(v / total, 3) for k, v in kinds.most_common()},
+            "top_op_types_ms_per_step": {k: round(v * 1e3, 1) for k, v in op_types.most_common(12)}}
+
+
+REFERENCE_NETWORKS = {"ResNet18": "r18", "ResNet34": "r34", "ResNet50": "r50", "ResNet100": "r100",
+                      "MobileFaceNet": "mbf"}
+
+
+def against_reference(names, base: dict, warmup: int, steps: int, rounds: int, python: str,
+                      arcface_torch: str) -> dict:
+    """Our step and the reference trainer's, backbone by backbone, in alternating rounds (see the module's text)."""
+    import subprocess
+
+    from arcface.config import TrainConfig
+
+    unknown = [n for n in names if n not in REFERENCE_NETWORKS]
+    if unknown:
+        raise SystemExit(f"--against_reference: no reference network for {', '.join(unknown)}; "
+                         f"known: {', '.join(REFERENCE_NETWORKS)}")
+    recipe = dict(margin="arcface", enhance=64.0, penalty=0.5, optimizer="SGD", momentum=0.9, decay=5e-4,
+                  backbone_clipnorm=5.0, mixed_precision=False)
+    trainers = {name: _trainer(TrainConfig(**{**base, **recipe, "backbone": name})) for name in names}
+    policies = {name: trainer.precision.policy for name, trainer in trainers.items()}
+    if any(p not in ("float32", "mixed_bfloat16") for p in policies.values()):
+        raise SystemExit(f"--against_reference compares float32 or bfloat16 steps, not {policies}")
+    reference_precision = "bfloat16" if "mixed_bfloat16" in policies.values() else "float32"
+    batch = _synthetic_batch(trainers[names[0]].config)
+    for trainer in trainers.values():
+        for _ in range(warmup):
+            float(trainer._train_step(*batch)[0])
+    command = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_probe_torch.py"),
+               "--arcface_torch", arcface_torch, "--speed", ",".join(REFERENCE_NETWORKS[n] for n in names),
+               "--precision", reference_precision, "--batch_size", str(base["batch_size"]), "--classes",
+               str(base["n_classes"]), "--warmup", str(warmup), "--steps", str(steps)]
+    ours: dict = {n: [] for n in names}
+    theirs: dict = {n: [] for n in names}
+    loads = []
+    for r in range(rounds):
+        for side in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
+            if side == "ours":
+                for name, trainer in trainers.items():
+                    times = []
+                    for _ in range(steps):
+                        t0 = time.perf_counter()
+                        float(trainer._train_step(*batch)[0])
+                        times.append(time.perf_counter() - t0)
+                    ours[name].append(statistics.median(times))
+            else:
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"the reference trainer failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+                figures = json.loads(done.stdout)["networks"]
+                for name in names:
+                    theirs[name].append(figures[REFERENCE_NETWORKS[name]]["median_step_s"])
+        loads.append(os.getloadavg()[0])
+    done = subprocess.run(command + ["--backbone_only"], capture_output=True, text=True)
+    alone = json.loads(done.stdout)["networks"] if done.returncode == 0 else {}
+    out = {"command": command, "rounds": rounds, "steps_per_round": steps, "recipe": recipe,
+           "reference_precision": reference_precision, "load_average_1min": {"min": min(loads), "max": max(loads)},
+           "backbones": {}}
+    for name in names:
+        ratios = [t / o for t, o in zip(theirs[name], ours[name], strict=True)]
+        out["backbones"][name] = {
+            "policy": policies[name], "reference_network": REFERENCE_NETWORKS[name],
+            "images_per_second": base["batch_size"] / statistics.median(ours[name]),
+            "reference_images_per_second": base["batch_size"] / statistics.median(theirs[name]),
+            "speedup_median": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+            "step_s": ours[name], "reference_step_s": theirs[name],
+            "reference_backbone_only_images_per_second": alone.get(REFERENCE_NETWORKS[name], {}).get(
+                "images_per_second")}
+        print(f"{name}: x{out['backbones'][name]['speedup_median']:.2f} the reference", file=sys.stderr)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default=None,
@@ -171,7 +314,13 @@ def main(argv=None) -> int:
                         help="time the step as it was before issue #20's tuning (Keras' own BatchNormalization "
                              "kernels, SGD update and weight decay as a loss term; see arcface.train.TUNING)")
     parser.add_argument("--ab", metavar="SWITCH", help="one TUNING switch off vs on (see above)")
-    parser.add_argument("--rounds", type=int, default=5, help="with --ab: alternating rounds of --steps steps")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="with --ab or --against_reference: alternating rounds of --steps steps")
+    parser.add_argument("--profile", action="store_true", help="op time by kind over --steps steps (see above)")
+    parser.add_argument("--against_reference", action="store_true", help="our step vs the reference's (see above)")
+    parser.add_argument("--reference_python", default=sys.executable,
+                        help="with --against_reference: a Python that has PyTorch")
+    parser.add_argument("--arcface_torch", help="with --against_reference: insightface's recognition/arcface_torch")
     parser.add_argument("--partial_fc_backbone", default="TinyFaceNet",
                         help="small backbone for the 1e3 vs 1e6 identities comparison ('' to skip)")
     parser.add_argument("--out", help="also write the JSON here")
@@ -199,7 +348,19 @@ def main(argv=None) -> int:
     base = dict(n_classes=1000, image_size=args.image_size, batch_size=args.batch_size, dropout=0.0,
                 precision=requested, jit_compile=args.jit_compile, save_path="/tmp/arcface-bench",
                 warmup_epochs=0.0)
-    if args.ab:
+    if args.against_reference:
+        if not args.arcface_torch:
+            parser.error("--against_reference needs --arcface_torch (insightface's recognition/arcface_torch)")
+        names = [n for n in (args.backbones or "ResNet18,ResNet50").split(",") if n]
+        result["against_reference"] = against_reference(names, base, args.warmup, args.steps, args.rounds,
+                                                        args.reference_python, args.arcface_torch)
+        args.partial_fc_backbone = ""
+    elif args.profile:
+        names = [n for n in (args.backbones or "ResNet50,MobileFaceNet").split(",") if n]
+        result["profile"] = {name: profile_steps(TrainConfig(backbone=name, **base), args.warmup, args.steps)
+                             for name in names}
+        args.partial_fc_backbone = ""
+    elif args.ab:
         cases = (args.backbones or "MobileFaceNet:mixed_bfloat16,ResNet50:mixed_bfloat16").split(",")
         result["ab"] = ab_switch(args.ab, [c for c in cases if c], base, args.warmup, args.steps, args.rounds)
         args.partial_fc_backbone = ""

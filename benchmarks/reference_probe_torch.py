@@ -3,6 +3,10 @@
     python benchmarks/probe_convergence.py --dump_npz /tmp/probe/train112.npz      # our decode, once (TensorFlow venv)
     python benchmarks/reference_probe_torch.py --arcface_torch insightface/recognition/arcface_torch \
         --npz /tmp/probe/train112.npz --out benchmarks/results/convergence_reference.json   # a venv with torch
+    python benchmarks/reference_probe_torch.py --arcface_torch ... --speed r18,r50 --precision bfloat16
+
+--speed times the reference's whole training step instead (see speed(); bench_train.py --against_reference runs
+it in alternation with ours and prints the ratios).
 
 Not a dependency of this project and not run by its tests: it needs PyTorch and a checkout of insightface's
 ``recognition/arcface_torch``, whose own pieces it imports and runs unchanged (``get_model``, ``CombinedMarginLoss``,
@@ -26,7 +30,16 @@ import numpy as np
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arcface_torch", required=True, help="insightface's recognition/arcface_torch folder")
-    parser.add_argument("--npz", required=True, help="written by probe_convergence.py --dump_npz")
+    parser.add_argument("--npz", help="written by probe_convergence.py --dump_npz (the convergence probe)")
+    parser.add_argument("--speed", metavar="NETWORKS", help="comma-separated get_model() names (r18,r50,mbf): time "
+                                                            "whole steps on a synthetic batch instead")
+    parser.add_argument("--precision", default="bfloat16", choices=("bfloat16", "float32"),
+                        help="with --speed: the backbone under torch.autocast('cpu', bfloat16), or not")
+    parser.add_argument("--classes", type=int, default=1000, help="with --speed")
+    parser.add_argument("--backbone_only", action="store_true",
+                        help="with --speed: time the backbone alone (forward, backward, its SGD update; no margin "
+                             "head, no clip), the way issue #20's figures for the reference were taken")
+    parser.add_argument("--warmup", type=int, default=3, help="with --speed: untimed steps")
     parser.add_argument("--network", default="mbf")
     parser.add_argument("--steps", type=int, default=125)
     parser.add_argument("--window", type=int, default=25)
@@ -38,6 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if not args.speed and not args.npz:
+        parser.error("--npz is needed for the convergence probe (or --speed NETWORKS for the step time)")
 
     import torch
     from torch import distributed
@@ -53,6 +68,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
     distributed.init_process_group("gloo", rank=0, world_size=1)
+    if args.speed:
+        return speed(args, get_model, CombinedMarginLoss, PartialFC_V2)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     data = np.load(args.npz)
@@ -98,6 +115,56 @@ def main(argv=None) -> int:
               "images": len(labels), "steps": args.steps, "window": args.window, "warmup_steps": args.warmup_steps,
               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "augmentation": "horizontal flip",
               "load_average_at_start": load, "by_step": history}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def speed(args, get_model, CombinedMarginLoss, PartialFC_V2) -> int:
+    """The reference's training step as its train_v2.py runs it, on one seeded synthetic batch: the backbone
+    (under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with --precision bfloat16, the one line a CPU user
+    adds), PartialFC_V2 with CombinedMarginLoss (s=64, m=0.5) in float32, backward, ``clip_grad_norm_(backbone,
+    5)``, SGD with momentum 0.9 and weight decay 5e-4; with --backbone_only the backbone and its update alone,
+    on the mean of its embeddings. Median over --steps steps after --warmup."""
+    import contextlib
+    import statistics
+
+    import torch
+
+    rng = np.random.default_rng(args.seed)
+    x = torch.from_numpy(rng.uniform(-1, 1, (args.batch_size, 3, 112, 112)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, args.classes, args.batch_size))
+    result = {"benchmark": "train_reference", "trainer": "insightface arcface_torch", "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": args.batch_size,
+              "classes": args.classes, "backbone_only": args.backbone_only, "load_average_at_start": os.getloadavg(), "networks": {}}
+    for network in filter(None, args.speed.split(",")):
+        torch.manual_seed(args.seed)
+        backbone = get_model(network, num_features=512).train()
+        head = PartialFC_V2(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 512, args.classes, 1.0, False).train()
+        groups = [{"params": backbone.parameters()}] + ([] if args.backbone_only else [{"params": head.parameters()}])
+        optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=5e-4)
+        times = []
+        for step in range(args.warmup + args.steps):
+            started = time.perf_counter()
+            with (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bfloat16"
+                  else contextlib.nullcontext()):
+                embeddings = backbone(x)
+            loss = embeddings.float().mean() if args.backbone_only else head(embeddings.float(), y.clone())
+            optimizer.zero_grad()
+            loss.backward()
+            if not args.backbone_only:
+                torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)
+            optimizer.step()
+            float(loss.detach())
+            if step >= args.warmup:
+                times.append(time.perf_counter() - started)
+        median = statistics.median(times)
+        result["networks"][network] = {"median_step_s": median, "images_per_second": args.batch_size / median,
+                                       "min_step_s": min(times), "max_step_s": max(times), "steps_timed": len(times)}
+        print(f"{network} {args.precision}: {args.batch_size / median:.1f} img/s", file=sys.stderr, flush=True)
+    result["load_average_at_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:
