@@ -167,9 +167,12 @@ def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int
     return out
 
 
-def _op_kind(name: str) -> str:
-    """The kind of one profiled op, from its TensorFlow name ("scope/.../op:OpType")."""
-    scope, _, op_type = name.rpartition(":")
+def _op_kind(name: str) -> str | None:
+    """The kind of one profiled op, from its TensorFlow name ("scope/.../op:OpType"); None for the executor's own
+    spans ("ExecutorState::Process"), which enclose the ops."""
+    if name.count(":") != 1:
+        return None
+    scope, _, op_type = name.partition(":")
     if "Conv2DBackpropFilter" in op_type or "NativeBackpropFilter" in op_type:
         return "convolution, filter gradient"
     if "BackpropInput" in op_type:
@@ -214,11 +217,12 @@ def profile_steps(config, warmup: int, steps: int) -> dict:
                 continue
             for event in line.events:
                 name = names.get(event.metadata_id, "")
-                if ":" not in name:  # the executor's own spans enclose the ops
+                kind = _op_kind(name)
+                if kind is None:
                     continue
                 seconds = event.duration_ps / 1e12 / steps
-                kinds[_op_kind(name)] += seconds
-                op_types[name.rpartition(":")[2]] += seconds
+                kinds[kind] += seconds
+                op_types[name.partition(":")[2]] += seconds
     total = sum(kinds.values())
     return {"policy": trainer.precision.policy, "wall_step_s": wall, "op_time_s_per_step": total,
             "share": {k: round(v / total, 3) for k, v in kinds.most_common()},

@@ -37,6 +37,11 @@ def test_op_kinds(bench, name, kind):
     assert bench._op_kind(name) == kind
 
 
+def test_executor_spans_are_not_ops(bench):
+    """The executor's span encloses every op it runs: counting it would double the op time."""
+    assert bench._op_kind("ExecutorState::Process") is None
+
+
 def test_profile_of_a_real_step(bench):
     """One profiled TinyFaceNet step: the trace is read, its convolutions are found in all three directions, and
     the shares add up to the whole op time."""
@@ -49,3 +54,4 @@ def test_profile_of_a_real_step(bench):
     assert {"convolution/matmul, forward", "convolution, input gradient",
             "convolution, filter gradient"} <= set(profile["share"])
     assert sum(profile["share"].values()) == pytest.approx(1.0, abs=0.01)
+    assert "Process" not in profile["top_op_types_ms_per_step"]
