@@ -27,8 +27,8 @@ alternating rounds: ours in this process, the reference in --reference_python, a
 classes, SGD momentum 0.9, weight decay 5e-4, backbone gradients clipped to 5) on a synthetic batch; ours under
 the --precision policy, the reference's backbone under torch.autocast("cpu", bfloat16) when that policy is
 bfloat16. The figure is the median of the per-round ratios, reference time / our time. Once after the rounds
-the reference's backbone alone is timed too (forward, backward and its update, no head: how issue #20's figures
-for it were taken).
+the reference's backbone alone is timed too (forward, backward and its update, no head: issue #20 quotes the
+reference that way).
 
 --profile runs the TensorFlow profiler over --steps steps of each backbone (after --warmup) and reports where the
 op time goes: by kind (convolutions forward, input gradient and filter gradient; BatchNorm; PReLU; the rest) and

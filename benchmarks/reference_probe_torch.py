@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=1000, help="with --speed")
     parser.add_argument("--backbone_only", action="store_true",
                         help="with --speed: time the backbone alone (forward, backward, its SGD update; no margin "
-                             "head, no clip), the way issue #20's figures for the reference were taken")
+                             "head, no clip): issue #20 quotes the reference's backbone alone")
     parser.add_argument("--warmup", type=int, default=3, help="with --speed: untimed steps")
     parser.add_argument("--network", default="mbf")
     parser.add_argument("--steps", type=int, default=125)
@@ -138,7 +138,8 @@ def speed(args, get_model, CombinedMarginLoss, PartialFC_V2) -> int:
     y = torch.from_numpy(rng.integers(0, args.classes, args.batch_size))
     result = {"benchmark": "train_reference", "trainer": "insightface arcface_torch", "torch": torch.__version__,
               "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": args.batch_size,
-              "classes": args.classes, "backbone_only": args.backbone_only, "load_average_at_start": os.getloadavg(), "networks": {}}
+              "classes": args.classes, "backbone_only": args.backbone_only,
+              "load_average_at_start": os.getloadavg(), "networks": {}}
     for network in filter(None, args.speed.split(",")):
         torch.manual_seed(args.seed)
         backbone = get_model(network, num_features=512).train()
