@@ -26,9 +26,9 @@ alternating rounds: ours in this process, the reference in --reference_python, a
 --arcface_torch its recognition/arcface_torch folder. Both run the same recipe (ArcFace s=64, m=0.5, 1,000
 classes, SGD momentum 0.9, weight decay 5e-4, backbone gradients clipped to 5) on a synthetic batch; ours under
 the --precision policy, the reference's backbone under torch.autocast("cpu", bfloat16) when that policy is
-bfloat16. The figure is the median of the per-round ratios, reference time / our time. Once after the rounds
-the reference's backbone alone is timed too (forward, backward and its update, no head: issue #20 quotes the
-reference that way).
+bfloat16 (channels-last with --reference_channels_last). The figure is the median of the per-round ratios,
+reference time / our time. Once after the rounds the reference's backbone alone is timed too (forward, backward
+and its update, no head: issue #20 quotes the reference that way).
 
 --profile runs the TensorFlow profiler over --steps steps of each backbone (after --warmup) and reports where the
 op time goes: by kind (convolutions forward, input gradient and filter gradient; BatchNorm; PReLU; the rest) and
@@ -234,7 +234,7 @@ REFERENCE_NETWORKS = {"ResNet18": "r18", "ResNet34": "r34", "ResNet50": "r50", "
 
 
 def against_reference(names, base: dict, warmup: int, steps: int, rounds: int, python: str,
-                      arcface_torch: str) -> dict:
+                      arcface_torch: str, channels_last: bool = False) -> dict:
     """Our step and the reference trainer's, backbone by backbone, in alternating rounds (see the module's text)."""
     import subprocess
 
@@ -259,6 +259,8 @@ def against_reference(names, base: dict, warmup: int, steps: int, rounds: int, p
                "--arcface_torch", arcface_torch, "--speed", ",".join(REFERENCE_NETWORKS[n] for n in names),
                "--precision", reference_precision, "--batch_size", str(base["batch_size"]), "--classes",
                str(base["n_classes"]), "--warmup", str(warmup), "--steps", str(steps)]
+    if channels_last:
+        command.append("--channels_last")
     ours: dict = {n: [] for n in names}
     theirs: dict = {n: [] for n in names}
     loads = []
@@ -283,8 +285,8 @@ def against_reference(names, base: dict, warmup: int, steps: int, rounds: int, p
     done = subprocess.run(command + ["--backbone_only"], capture_output=True, text=True)
     alone = json.loads(done.stdout)["networks"] if done.returncode == 0 else {}
     out = {"command": command, "rounds": rounds, "steps_per_round": steps, "recipe": recipe,
-           "reference_precision": reference_precision, "load_average_1min": {"min": min(loads), "max": max(loads)},
-           "backbones": {}}
+           "reference_precision": reference_precision, "reference_channels_last": channels_last,
+           "load_average_1min": {"min": min(loads), "max": max(loads)}, "backbones": {}}
     for name in names:
         ratios = [t / o for t, o in zip(theirs[name], ours[name], strict=True)]
         out["backbones"][name] = {
@@ -325,6 +327,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reference_python", default=sys.executable,
                         help="with --against_reference: a Python that has PyTorch")
     parser.add_argument("--arcface_torch", help="with --against_reference: insightface's recognition/arcface_torch")
+    parser.add_argument("--reference_channels_last", action="store_true",
+                        help="with --against_reference: the reference's backbone and batch channels-last")
     parser.add_argument("--partial_fc_backbone", default="TinyFaceNet",
                         help="small backbone for the 1e3 vs 1e6 identities comparison ('' to skip)")
     parser.add_argument("--out", help="also write the JSON here")
@@ -357,7 +361,8 @@ def main(argv=None) -> int:
             parser.error("--against_reference needs --arcface_torch (insightface's recognition/arcface_torch)")
         names = [n for n in (args.backbones or "ResNet18,ResNet50").split(",") if n]
         result["against_reference"] = against_reference(names, base, args.warmup, args.steps, args.rounds,
-                                                        args.reference_python, args.arcface_torch)
+                                                        args.reference_python, args.arcface_torch,
+                                                        args.reference_channels_last)
         args.partial_fc_backbone = ""
     elif args.profile:
         names = [n for n in (args.backbones or "ResNet50,MobileFaceNet").split(",") if n]

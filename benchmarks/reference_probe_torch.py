@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone_only", action="store_true",
                         help="with --speed: time the backbone alone (forward, backward, its SGD update; no margin "
                              "head, no clip): issue #20 quotes the reference's backbone alone")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="with --speed: the backbone and batch in channels-last memory format (one more line "
+                             "for a CPU user; oneDNN's blocked bf16 convolutions want it)")
     parser.add_argument("--warmup", type=int, default=3, help="with --speed: untimed steps")
     parser.add_argument("--network", default="mbf")
     parser.add_argument("--steps", type=int, default=125)
@@ -136,13 +139,17 @@ def speed(args, get_model, CombinedMarginLoss, PartialFC_V2) -> int:
     rng = np.random.default_rng(args.seed)
     x = torch.from_numpy(rng.uniform(-1, 1, (args.batch_size, 3, 112, 112)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, args.classes, args.batch_size))
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     result = {"benchmark": "train_reference", "trainer": "insightface arcface_torch", "torch": torch.__version__,
               "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": args.batch_size,
-              "classes": args.classes, "backbone_only": args.backbone_only,
+              "classes": args.classes, "backbone_only": args.backbone_only, "channels_last": args.channels_last,
               "load_average_at_start": os.getloadavg(), "networks": {}}
     for network in filter(None, args.speed.split(",")):
         torch.manual_seed(args.seed)
         backbone = get_model(network, num_features=512).train()
+        if args.channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
         head = PartialFC_V2(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 512, args.classes, 1.0, False).train()
         groups = [{"params": backbone.parameters()}] + ([] if args.backbone_only else [{"params": head.parameters()}])
         optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=5e-4)
