@@ -72,6 +72,16 @@ def _synthetic_batch(config):
     return images, tf.constant(rng.integers(0, config.n_classes, config.batch_size), tf.int32)
 
 
+def _run_steps(trainer, batch, steps: int) -> tuple[list[float], float | None]:
+    """``steps`` training steps on ``batch``: (seconds each, the last loss); float() waits for each step to end."""
+    times, loss = [], None
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = float(trainer._train_step(*batch)[0])
+        times.append(time.perf_counter() - t0)
+    return times, loss
+
+
 def device_features() -> dict:
     """What the precision choice reads: this CPU's relevant flags, and every GPU's name and compute capability."""
     from arcface import precision
@@ -107,25 +117,18 @@ def compare_precisions(names, base: dict, warmup: int, steps: int) -> dict:
 
 
 def time_steps(config, warmup: int, steps: int) -> dict:
-
     trainer = _trainer(config)
-    images, labels = _synthetic_batch(config)
-    for _ in range(warmup):
-        float(trainer._train_step(images, labels)[0])
-    times, losses = [], []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        losses.append(float(trainer._train_step(images, labels)[0]))  # float() waits for the step to finish
-        times.append(time.perf_counter() - t0)
+    batch = _synthetic_batch(config)
+    _run_steps(trainer, batch, warmup)
+    times, last_loss = _run_steps(trainer, batch, steps)
     median = statistics.median(times)
     return {"median_step_s": median, "images_per_second": config.batch_size / median,
             "steps_timed": steps, "min_step_s": min(times), "max_step_s": max(times),
-            "policy": trainer.precision.policy, "last_loss": losses[-1] if losses else None}
+            "policy": trainer.precision.policy, "last_loss": last_loss}
 
 
 def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int, rounds: int) -> dict:
     """One TUNING switch off vs on, per BACKBONE:POLICY case, in alternating rounds (see the module's text)."""
-
     from arcface import train as train_module
     from arcface.config import TrainConfig
 
@@ -140,19 +143,13 @@ def ab_switch(switch: str, cases: list[str], base: dict, warmup: int, steps: int
         for on in (False, True):
             setattr(train_module, switch, on)  # read when the trainer builds its model
             trainers[on] = _trainer(config)
-        images, labels = _synthetic_batch(config)
+        batch = _synthetic_batch(config)
         for trainer in trainers.values():
-            for _ in range(warmup):
-                float(trainer._train_step(images, labels)[0])
+            _run_steps(trainer, batch, warmup)
         ratios, medians, loads = [], {False: [], True: []}, []
         for r in range(rounds):
             for on in ((False, True) if r % 2 == 0 else (True, False)):
-                times = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    float(trainers[on]._train_step(images, labels)[0])
-                    times.append(time.perf_counter() - t0)
-                medians[on].append(statistics.median(times))
+                medians[on].append(statistics.median(_run_steps(trainers[on], batch, steps)[0]))
             ratios.append(medians[False][-1] / medians[True][-1])
             loads.append(os.getloadavg()[0])
         out["cases"][case] = {
@@ -196,15 +193,11 @@ def profile_steps(config, warmup: int, steps: int) -> dict:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     trainer = _trainer(config)
-    images, labels = _synthetic_batch(config)
-    for _ in range(warmup):
-        float(trainer._train_step(images, labels)[0])
+    batch = _synthetic_batch(config)
+    _run_steps(trainer, batch, warmup)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            float(trainer._train_step(images, labels)[0])
-        wall = (time.perf_counter() - t0) / steps
+        wall = statistics.mean(_run_steps(trainer, batch, steps)[0])
         tf.profiler.experimental.stop()
         space = xplane_pb2.XSpace()
         with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
@@ -253,8 +246,7 @@ def against_reference(names, base: dict, warmup: int, steps: int, rounds: int, p
     reference_precision = "bfloat16" if "mixed_bfloat16" in policies.values() else "float32"
     batch = _synthetic_batch(trainers[names[0]].config)
     for trainer in trainers.values():
-        for _ in range(warmup):
-            float(trainer._train_step(*batch)[0])
+        _run_steps(trainer, batch, warmup)
     command = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_probe_torch.py"),
                "--arcface_torch", arcface_torch, "--speed", ",".join(REFERENCE_NETWORKS[n] for n in names),
                "--precision", reference_precision, "--batch_size", str(base["batch_size"]), "--classes",
@@ -268,12 +260,7 @@ def against_reference(names, base: dict, warmup: int, steps: int, rounds: int, p
         for side in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
             if side == "ours":
                 for name, trainer in trainers.items():
-                    times = []
-                    for _ in range(steps):
-                        t0 = time.perf_counter()
-                        float(trainer._train_step(*batch)[0])
-                        times.append(time.perf_counter() - t0)
-                    ours[name].append(statistics.median(times))
+                    ours[name].append(statistics.median(_run_steps(trainer, batch, steps)[0]))
             else:
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
