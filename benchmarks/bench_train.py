@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jit_compile", action="store_true")
     parser.add_argument("--untuned", action="store_true",
                         help="time the step as it was before issue #20's tuning (Keras' own BatchNormalization "
-                             "kernels, SGD update and weight decay as a loss term; see arcface.train.TUNING)")
+                             "and PReLU, Keras' SGD update; see arcface.train.TUNING)")
     parser.add_argument("--ab", metavar="SWITCH", help="one TUNING switch off vs on (see above)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="with --ab or --against_reference: alternating rounds of --steps steps")

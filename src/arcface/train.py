@@ -83,6 +83,22 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "kind": self.kind}
 
 
+class MomentumSGD(keras.optimizers.SGD):
+    """Keras' SGD with each variable's momentum update in one op (ResourceApplyKerasMomentum: one pass over the
+    weights, the momentum and the gradient) instead of Keras' chain of casts, products, a difference and two
+    assignments. The same maths and the same variables, so the same checkpoints: ``m = momentum * m - lr * g;
+    w += m``. Nesterov, sparse gradients and plain SGD (momentum 0) take Keras' own update."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum == 0 or self.nesterov or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=self.momentums[self._get_variable_index(variable)].handle,
+            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype),
+            use_locking=False, use_nesterov=False)
+
+
 def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
                    loss_scaling: bool = False) -> keras.optimizers.Optimizer:
     """The optimizer of ``config``; ``loss_scaling`` (float16 only, never bfloat16) wraps it in a
@@ -91,7 +107,7 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
                               config.schedule)
     clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
     if config.optimizer == "SGD":
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, **clip)
+        optimizer = (MomentumSGD if FUSED_SGD else keras.optimizers.SGD)(schedule, momentum=config.momentum, **clip)
     else:
         optimizer = keras.optimizers.Adam(schedule, **clip)
     if loss_scaling:
@@ -103,10 +119,12 @@ def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
 #: FUSED_BATCH_NORM: the BatchNormalization layers train through FusedBatchNormV3 (arcface.models.fast_training),
 #: the same maths in one op each way instead of Keras' float32 chains; on CPUs only, where it was measured (a
 #: GPU run keeps Keras' kernels). FAST_PRELU: the PReLU layers compute through fast_training.fast_prelu, its
-#: gradient written out (CPU only as well). ``bench_train.py --untuned`` turns every switch of TUNING off.
+#: gradient written out (CPU only as well). FUSED_SGD: SGD with momentum updates each variable in one op
+#: (MomentumSGD), on every device. ``bench_train.py --untuned`` turns every switch of TUNING off.
 FUSED_BATCH_NORM = True
 FAST_PRELU = True
-TUNING = ("FUSED_BATCH_NORM", "FAST_PRELU")
+FUSED_SGD = True
+TUNING = ("FUSED_BATCH_NORM", "FAST_PRELU", "FUSED_SGD")
 
 
 def decayed_variables(model: keras.Model) -> list[tf.Variable]:

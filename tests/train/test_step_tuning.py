@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from arcface import train as train_module
 from arcface.models import fast_training
-from arcface.train import Trainer
+from arcface.train import MomentumSGD, Trainer
 from tests.train.conftest import tiny_config
 
 
@@ -166,6 +166,28 @@ def numpy_sgd_momentum_l2(w, grads, lr, momentum, decay):
     return w
 
 
+def test_fused_sgd_momentum_matches_numpy_and_keras_sgd():
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(5, 4)).astype(np.float32)
+    grads = [rng.normal(size=(5, 4)).astype(np.float32) for _ in range(4)]
+    results, slots = {}, {}
+    for name, cls in (("keras", keras.optimizers.SGD), ("fused", MomentumSGD)):
+        variable = keras.Variable(start, name="w")
+        optimizer = cls(0.05, momentum=0.9)
+        optimizer.build([variable])
+        for g in grads:
+            optimizer.apply([tf.constant(g)], [variable])
+        results[name] = variable.numpy()
+        slots[name] = [(v.name, v.numpy()) for v in optimizer.variables]
+    # The same optimizer variables (a checkpoint of one restores into the other), holding the same values.
+    assert [n for n, _ in slots["fused"]] == [n for n, _ in slots["keras"]]
+    for (_, a), (_, b) in zip(slots["fused"], slots["keras"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(results["fused"], numpy_sgd_momentum_l2(start, grads, 0.05, 0.9, 0.0), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(results["fused"], results["keras"], rtol=1e-6, atol=1e-6)
+
+
 def test_the_training_step_decays_and_updates_as_numpy_says(tiny_manifest, tmp_path):
     """One step moves a decayed kernel by NumPy's SGD-momentum step with g + decay * w, g being the
     cross-entropy's gradient alone (taken on a copy of the model in the same state, on the same batch)."""
@@ -210,6 +232,7 @@ def test_tuned_step_updates_as_the_keras_step(tiny_manifest, tmp_path, monkeypat
         norms = fast_training.batch_norm_layers(trainer.training_model)
         prelus = fast_training.prelu_layers(trainer.training_model)
         assert norms and prelus and all(("call" in vars(la)) == tuned for la in norms + prelus)
+        assert isinstance(trainer.optimizer, MomentumSGD) == tuned
         outputs, weights = [], []
         for images, labels in batches:
             outputs.append([float(x) for x in trainer._train_step(images, labels)])
