@@ -237,7 +237,7 @@ def run(args) -> dict:
                         "test_images": sum(len(f) for f in test_split.values()), "pairs": pair_counts,
                         "identity_overlap": len(set(train_split) & set(test_split))},
               "variants": {}}
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]  # "" with --rescore: train nothing
     if args.append and args.out and os.path.exists(args.out):
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
@@ -249,6 +249,11 @@ def run(args) -> dict:
         result["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
         result.update({k: earlier[k] for k in ("config", "load_average_at_start") if k in earlier})
     for name, model in args.rescore.items():  # a model trained elsewhere, scored on these pairs
+        if model.endswith(".npz"):  # embeddings made by another trainer (reference_probe_torch.py)
+            result["variants"][name] = {"rescored_embeddings": model,
+                                        **score_embeddings(model, work, name, pairs_root)}
+            print(f"{name}: {json.dumps(result['variants'][name])}", file=sys.stderr, flush=True)
+            continue
         metrics = evaluate(model, None, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
                            pairs_root=str(pairs_root))
         result["variants"][name] = {"rescored_model": model, **verification_figures(metrics["summary"])}
@@ -319,6 +324,31 @@ def photos_variant(work: Path, pairs_root: Path, seed: int, clean: dict | None) 
                                                    - clean["lfw_10fold_accuracy"])
     out["wall_minutes"] = (time.time() - started) / 60
     return out
+
+
+def score_embeddings(npz: str, work: Path, name: str, pairs_root: Path) -> dict:
+    """Unit embeddings {paths, embeddings} of the pairs' images, scored as the evaluation step scores a model;
+    ``eval/<name>/metrics.json`` gets the same verification record, so ``--paired`` can compare them."""
+    import numpy as np
+
+    from arcface.evaluation.evaluate import _pair_scores, _verification
+    from arcface.evaluation.pairs import read_pairs
+
+    data = np.load(npz)
+    pairs = read_pairs(work / "pairs.txt", pairs_root)
+    paths = [str(p) for p in data["paths"]]
+    missing = ({p.path_a for p in pairs} | {p.path_b for p in pairs}) - set(paths)
+    if missing:
+        raise SystemExit(f"{npz} lacks the embeddings of {len(missing)} images of {work / 'pairs.txt'} (e.g. "
+                         f"{sorted(missing)[0]}): embed the test images of this --workdir's split")
+    v = _verification(_pair_scores(data["embeddings"], paths, pairs), pairs)
+    verification = {"pairs_file": str(work / "pairs.txt"), "pairs_counts": pairs.counts, **v}
+    out = work / "eval" / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"verification": verification}, indent=2) + "\n")
+    return {"lfw_10fold_accuracy": v["accuracy_mean"], "accuracy_std": v["accuracy_std"], "auc": v["auc"],
+            "eer": v["eer"], "tar_at_far_1e-2": v["tar_at_far"]["1e-02"]["tar"],
+            "tar_at_far_1e-3": v["tar_at_far"]["1e-03"]["tar"]}
 
 
 def verification_figures(summary: dict) -> dict:
@@ -417,7 +447,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a preset field for every variant (a variant's own fields win), e.g. epochs=12")
     parser.add_argument("--rescore", action="append", default=[], metavar="NAME=MODEL_DIR",
-                        help="score a model trained elsewhere on this split's pairs, as the variant NAME")
+                        help="score a model trained elsewhere on this split's pairs, as the variant NAME (or the "
+                             "embeddings of reference_probe_torch.py --embeddings_out, a .npz)")
     parser.add_argument("--workdir", help="keep the split, models and reports here (default: a temp folder)")
     parser.add_argument("--out", help="also write the JSON here (updated after each variant)")
     parser.add_argument("--append", action="store_true",

@@ -106,6 +106,22 @@ def decoded_split(manifest, config):
     return images, np.array(manifest.labels("train"))
 
 
+def decoded_pair_images(pairs_file: Path, config) -> tuple:
+    """Every image of a bench_quality pairs file, decoded as ``decoded_split`` does, and its path as the
+    evaluation reads it (so that embeddings made elsewhere can be scored on those pairs)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from arcface.data.preprocess import face_pixels
+    from arcface.evaluation.pairs import read_pairs
+    from bench_quality import SHARED
+
+    pairs = read_pairs(pairs_file, SHARED / "lfw_deepfunneled")
+    paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
+    return np.stack([face_pixels(tf.io.read_file(p), config.image_size, config.center_crop).numpy()
+                     for p in paths]), np.array(paths)
+
+
 def init_stats(config, images, labels) -> dict:
     import keras
     import numpy as np
@@ -131,7 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--init_stats", action="store_true", help="also measure the untrained embeddings")
-    parser.add_argument("--dump_npz", help="write the decoded training images here (for reference_probe_torch.py)")
+    parser.add_argument("--dump_npz", help="write the decoded training images here (for reference_probe_torch.py), "
+                                           "and the test pairs' images when --workdir has bench_quality's pairs.txt")
     parser.add_argument("--workdir", help="reuse bench_quality's --workdir (its data/ split) or make one here")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -161,8 +178,12 @@ def main(argv=None) -> int:
         images, labels = decoded_split(manifest, base)
         if args.dump_npz:
             Path(args.dump_npz).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.dump_npz, x=images, y=labels)
-            print(f"wrote {len(labels)} images of {identities} identities to {args.dump_npz}", file=sys.stderr)
+            test = {}
+            if (work / "pairs.txt").is_file():  # the reference trained on this split is scored on its pairs
+                test["test_x"], test["test_paths"] = decoded_pair_images(work / "pairs.txt", base)
+            np.savez(args.dump_npz, x=images, y=labels, **test)
+            print(f"wrote {len(labels)} images of {identities} identities and {len(test.get('test_x', []))} test "
+                  f"images to {args.dump_npz}", file=sys.stderr)
             if not args.variants:
                 return 0
     result = {"benchmark": "convergence_probe", "scale": args.scale, "penalty": base.penalty,

@@ -14,6 +14,18 @@ Not a dependency of this project and not run by its tests: it needs PyTorch and 
 comparison with probe_convergence.py differs only in the trainer: the same decoded faces (our centre crop, 112 px),
 the same order-free sampling (a fresh permutation per epoch), warm-up and constant rate. Its augmentation is the
 reference's: a horizontal flip. Training accuracy is counted as ours is: by cosine, before the step's update.
+
+With --epochs it trains as train_v2.py schedules a run instead (its PolynomialLRWarmup: linear warm-up, then
+linear decay to zero at the end of the planned epochs; see polynomial_lr_warmup), stops at --minutes, and with --embeddings_out embeds the
+test pairs' images of the npz (written by probe_convergence.py --dump_npz --workdir <bench_quality workdir>) as its
+eval/verification.py does (the embedding of the image plus that of its mirror image, normalized), for
+``bench_quality.py --rescore NAME=EMBEDDINGS.npz`` to score on that split's pairs:
+
+    python benchmarks/probe_convergence.py --workdir /tmp/q19_s42 --dump_npz /tmp/ref42.npz --variants ""
+    python benchmarks/reference_probe_torch.py --arcface_torch ... --npz /tmp/ref42.npz --scale 32 --epochs 13 \
+        --minutes 20 --warmup_fraction 0.05 --embeddings_out /tmp/ref42_embeddings.npz
+    python benchmarks/bench_quality.py --seed 42 --workdir /tmp/q19_s42 --variants "" \
+        --rescore reference_s32=/tmp/ref42_embeddings.npz
 """
 
 from __future__ import annotations
@@ -50,6 +62,10 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=64.0)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--epochs", type=float, help="train a scheduled run of this many epochs instead of --steps")
+    parser.add_argument("--warmup_fraction", type=float, help="with --epochs: warm-up steps as a fraction of the run")
+    parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
+    parser.add_argument("--embeddings_out", help="embed the npz's test_x images after training and write them here")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out")
@@ -82,12 +98,23 @@ def main(argv=None) -> int:
     head = PartialFC_V2(CombinedMarginLoss(args.scale, 1.0, 0.5, 0.0), 512, classes, 1.0, False).train()
     optimizer = torch.optim.SGD([{"params": backbone.parameters()}, {"params": head.parameters()}], lr=args.lr,
                                 momentum=0.9, weight_decay=5e-4)
+    if args.epochs:
+        args.steps = int(args.epochs * (len(labels) // args.batch_size))
+        if args.warmup_fraction is not None:
+            args.warmup_steps = round(args.warmup_fraction * args.steps)
     load = [round(x, 2) for x in os.getloadavg()]
     order, position = rng.permutation(len(labels)), 0
     history, loss_sum, correct, seen, started = {}, 0.0, 0, 0, time.time()
+    run_started, steps_done, stopped = time.time(), 0, "completed"
     for step in range(args.steps):
+        if args.minutes and time.time() - run_started > 60 * args.minutes:
+            stopped = "budget"
+            break
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr
+            if args.epochs:
+                group["lr"] = polynomial_lr_warmup(args.lr, step, args.warmup_steps, args.steps)
+            else:
+                group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else args.lr
         if position + args.batch_size > len(order):
             order, position = rng.permutation(len(labels)), 0
         batch = order[position:position + args.batch_size]
@@ -106,6 +133,7 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)
         optimizer.step()
+        steps_done += 1
         loss_sum += float(loss.detach())
         seen += len(batch)
         if (step + 1) % args.window == 0:
@@ -118,11 +146,54 @@ def main(argv=None) -> int:
               "images": len(labels), "steps": args.steps, "window": args.window, "warmup_steps": args.warmup_steps,
               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "augmentation": "horizontal flip",
               "load_average_at_start": load, "by_step": history}
+    if args.epochs:
+        minutes = (time.time() - run_started) / 60
+        result.update(schedule="PolynomialLRWarmup, power 1", epochs_planned=args.epochs, steps_done=steps_done,
+                      epochs_completed=round(steps_done * args.batch_size / len(labels), 2), stopped=stopped,
+                      train_minutes=round(minutes, 2),
+                      images_per_second=round(steps_done * args.batch_size / (60 * minutes), 1))
+    if args.embeddings_out:
+        result["embeddings"] = embed_test_images(backbone, data, args.embeddings_out)
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:
             f.write(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def polynomial_lr_warmup(base_lr: float, step: int, warmup: int, total: int) -> float:
+    """The rate of the reference's lr_scheduler.PolynomialLRWarmup as train_v2.py builds it (power 1) at 0-based
+    ``step``. Its class no longer constructs under today's torch (``verbose`` left LRScheduler), so this is its
+    closed form, quirk included: the first step runs at the full rate, the warm-up starts at the second."""
+    if step == 0:
+        return base_lr
+    if step <= warmup:
+        return base_lr * step / warmup
+    return base_lr * max(0.0, 1.0 - (min(total, step) - warmup) / (total - warmup))
+
+
+def embed_test_images(backbone, data, out: str, batch_size: int = 64) -> str:
+    """As the reference's eval/verification.py embeds: eval mode, the image's and its mirror's embeddings
+    summed, then normalized. Written as {paths, embeddings} for bench_quality.py --rescore."""
+    import torch
+
+    if "test_x" not in data:
+        raise SystemExit("--embeddings_out: the npz has no test_x; write it with probe_convergence.py --dump_npz "
+                         "--workdir <a bench_quality workdir with pairs.txt>")
+    backbone.eval()
+    images, outputs = data["test_x"], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].astype(np.float32)
+            both = np.concatenate([x, x[:, :, ::-1]])
+            both = torch.from_numpy(((both - 127.5) / 127.5).transpose(0, 3, 1, 2).copy())
+            e = backbone(both).numpy()
+            outputs.append(e[:len(x)] + e[len(x):])
+    embeddings = np.concatenate(outputs)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    np.savez(out, paths=data["test_paths"], embeddings=embeddings)
+    return out
 
 
 def speed(args, get_model, CombinedMarginLoss, PartialFC_V2) -> int:
