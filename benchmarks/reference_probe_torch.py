@@ -16,14 +16,15 @@ the same order-free sampling (a fresh permutation per epoch), warm-up and consta
 reference's: a horizontal flip. Training accuracy is counted as ours is: by cosine, before the step's update.
 
 With --epochs it trains as train_v2.py schedules a run instead (its PolynomialLRWarmup: linear warm-up, then
-linear decay to zero at the end of the planned epochs; see polynomial_lr_warmup), stops at --minutes, and with --embeddings_out embeds the
-test pairs' images of the npz (written by probe_convergence.py --dump_npz --workdir <bench_quality workdir>) as its
-eval/verification.py does (the embedding of the image plus that of its mirror image, normalized), for
-``bench_quality.py --rescore NAME=EMBEDDINGS.npz`` to score on that split's pairs:
+linear decay to zero at the end of the planned epochs; see polynomial_lr_warmup) and stops at --minutes. With
+--embeddings_out it then embeds the test pairs' images of the npz (written by probe_convergence.py --dump_npz
+--workdir <bench_quality workdir>) as its eval/verification.py does (the embedding of the image plus that of its
+mirror image, normalized), for ``bench_quality.py --rescore NAME=EMBEDDINGS.npz`` to score on that split's pairs
+(the README's rows against the reference on the same splits):
 
     python benchmarks/probe_convergence.py --workdir /tmp/q19_s42 --dump_npz /tmp/ref42.npz --variants ""
-    python benchmarks/reference_probe_torch.py --arcface_torch ... --npz /tmp/ref42.npz --scale 32 --epochs 13 \
-        --minutes 20 --warmup_fraction 0.05 --embeddings_out /tmp/ref42_embeddings.npz
+    python benchmarks/reference_probe_torch.py --arcface_torch ... --npz /tmp/ref42.npz --scale 32 --epochs 12 \
+        --minutes 20 --warmup_fraction 0.05 --window 33 --seed 42 --embeddings_out /tmp/ref42_embeddings.npz
     python benchmarks/bench_quality.py --seed 42 --workdir /tmp/q19_s42 --variants "" \
         --rescore reference_s32=/tmp/ref42_embeddings.npz
 """
