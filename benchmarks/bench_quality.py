@@ -269,12 +269,12 @@ def run(args) -> dict:
         folder = str(work / "models" / name)
         started, load_at_start = time.time(), os.getloadavg()
         keras.backend.clear_session()
+        variant_manifest = manifest  # the aligned one where the variant aligns: its closed set is scored on it
         if overrides is None:
             untrained_model(base, manifest, folder)
             trained = {"epochs_completed": 0, "images_per_second": None, "stopped": "untrained"}
         else:
             config = base.replace(save_path=folder, **overrides)
-            variant_manifest = manifest
             if config.align != "none":  # cached by content: a second aligned variant aligns nothing again
                 from arcface.data.align import run_alignment
 
@@ -287,8 +287,8 @@ def run(args) -> dict:
                        "images_per_second": outcome.images_per_second, "stopped": outcome.stopped,
                        "best_val_accuracy": outcome.best_val_accuracy,
                        "final_loss": outcome.history[-1]["loss"] if outcome.history else None}
-        metrics = evaluate(folder, variant_manifest if overrides else manifest, output_dir=str(work / "eval" / name), pairs_file=str(work / "pairs.txt"),
-                           pairs_root=str(pairs_root))
+        metrics = evaluate(folder, variant_manifest, output_dir=str(work / "eval" / name),
+                           pairs_file=str(work / "pairs.txt"), pairs_root=str(pairs_root))
         result["variants"][name] = {**trained, "wall_minutes": (time.time() - started) / 60,
                                     "load_average_at_start": load_at_start,  # 1/5/15 min: the 15 spans the run
                                     "load_average_at_end": os.getloadavg(),
