@@ -43,8 +43,8 @@ VARIANTS = {
     "cosface": {"margin": "cosface", "penalty": 0.35, "enhance": 64.0},
     "softmax": {"margin": "softmax"},
     "untrained": None,  # the same network with its initial weights: the floor
-    # Faces found and warped onto the 5-point template (the align step) instead of the preset's centre crop;
-    # the evaluation aligns the test pairs' photos the same way (the model's metadata says so).
+    # Faces found and warped onto the 5-point template (the align step) on a preset that crops instead (the LFW
+    # preset aligns since #16); the evaluation aligns the test pairs' photos the same way (the model's metadata).
     "aligned": {"align": "mtcnn", "center_crop": 1.0},
     # The cosine schedule ending inside the budget (10 epochs instead of 14) and the decoded crops cached.
     "preset_fitted": {"epochs": 10, "cache": True},
@@ -52,7 +52,8 @@ VARIANTS = {
     # The LFW preset's way of training s=64 (README, "Why s=64 sat on its plateau") on another preset.
     "reference_recipe": {"margin": "arcface", "enhance": 64.0, "penalty": 0.5, "margin_gradient": "straight_through",
                          "backbone_clipnorm": 5.0, "jitter": False, "schedule": "poly", "cache": True},
-    # The preset at the scale the reference trainer did best with here (s=32: 85.4 % vs ~83 % at s=64, issue #16).
+    # s=32, the scale the reference trainer did best with here (85.4 % vs ~83 % at s=64, issue #16); the LFW
+    # preset's own since #16.
     "preset_s32": {"enhance": 32.0},
     # The preset in bfloat16 where the CPU has it (auto keeps MobileFaceNet in float32 on CPUs: it is slower so).
     "preset_bf16": {"precision": "mixed_bfloat16"},

@@ -174,8 +174,9 @@ def main(argv=None) -> int:
     # The probes and the reference's dumps were recorded on the 0.55 centre crop (the preset's crop then); the
     # probe trains on the validated images as they are, so it keeps that crop whatever the preset aligns with.
     base = load_yaml(str(REPO / "configs" / "lfw_cpu.yaml")).replace(
-        align="none", center_crop=0.55, n_classes=identities, enhance=args.scale, epochs=windows, steps_per_epoch=args.window, schedule="constant",
-        warmup_epochs=args.warmup_steps / args.window, max_minutes=0.0, seed=args.seed, image_size=args.image_size)
+        align="none", center_crop=0.55, n_classes=identities, enhance=args.scale, epochs=windows,
+        steps_per_epoch=args.window, schedule="constant", warmup_epochs=args.warmup_steps / args.window,
+        max_minutes=0.0, seed=args.seed, image_size=args.image_size)
     if args.dump_npz or args.init_stats:
         images, labels = decoded_split(manifest, base)
         if args.dump_npz:
