@@ -13,6 +13,41 @@ SHARED_FACES = Path(os.environ.get("ARCFACE_SHARED_FACES", REPO.parent / "shared
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: Set by .ci/run: a skip fails the run unless its reason starts with one of these (reason → why CI may see it).
+STRICT_SKIPS_ENV = "ARCFACE_STRICT_SKIPS"
+ALLOWED_SKIPS = {
+    "with a GPU the GPUs are the devices": "the CPU-device case of test_precision cannot run where TensorFlow "
+                                           "sees a GPU (a GPU-equipped CI machine)",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads ../shared is marked ``shared`` by the fixture it uses, so no marker can be forgotten."""
+    for item in items:
+        if {"shared_faces", "lfw_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
+
+
+def _skip_reason(report) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under ARCFACE_STRICT_SKIPS=1 every skip must be on :data:`ALLOWED_SKIPS`: a broken install, a missing
+    ../shared or an unbuilt image otherwise turns tests into skips and a run green."""
+    if os.environ.get(STRICT_SKIPS_ENV) != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = [r for r in (reporter.stats.get("skipped", []) if reporter else []) if not hasattr(r, "wasxfail")]
+    unexpected = [r for r in skipped if not _skip_reason(r).startswith(tuple(ALLOWED_SKIPS))]
+    if unexpected:
+        lines = "\n".join(f"  {r.nodeid}: {_skip_reason(r)}" for r in unexpected)
+        reporter.write_line(f"\n{STRICT_SKIPS_ENV}=1: {len(unexpected)} test(s) skipped for a reason not on "
+                            f"tests/conftest.py's ALLOWED_SKIPS; make them run (or fail), or allow the reason "
+                            f"there with why:\n{lines}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:

@@ -130,6 +130,7 @@ def _check_landmarks(face: Face) -> None:
     assert all(x1 - 2 <= x <= x2 + 2 and y1 - 2 <= y <= y2 + 2 for x, y in face.points)
 
 
+@pytest.mark.shared
 def test_detection_finds_the_face_in_orl_and_lfw(shared_faces, lfw_dir):
     orl = sorted((shared_faces / "orl_faces").glob("s*/1.pgm"))[:20]
     lfw = sorted(lfw_dir.glob("*/*_0001.jpg"))[:20]

@@ -100,6 +100,7 @@ def test_missing_images_skip_counts(lfw_root, caplog):
         read_pairs(lfw_root / "pairs.txt", lfw_root, on_missing="ignore")
 
 
+@pytest.mark.shared
 def test_real_pairs_dev_train(lfw_dir):
     pairs = read_pairs(lfw_dir / "pairsDevTrain.txt", lfw_dir)
     assert pairs.counts["genuine"] == 1100 and pairs.counts["impostor"] == 1100
