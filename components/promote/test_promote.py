@@ -6,7 +6,7 @@ import json
 import pytest
 from kfp import dsl, local
 
-from arcface.contracts import EvaluationDir, StoreVersion
+from arcface.contracts import EvaluationDir
 from arcface.store import ModelStore, StoreConflict
 from components.evaluate.test_evaluate import evaluation_folder
 from components.promote import promote_model
@@ -23,12 +23,20 @@ def promote(tmp_path, champion=None, store="store", keep=0):
 
 
 def test_promote_writes_a_version_with_its_lineage(tmp_path):
+    """Checked on the files themselves, not through the store's reader: the export's bytes under the version
+    (SavedModel at its root, as TF Serving loads it), ``current.json`` naming it, and lineage.json as plain JSON
+    holding what this test handed the step."""
     assert promote(tmp_path) == 1
-    store = ModelStore(tmp_path / "store")
-    lineage = store.lineage(1)
-    assert store.current() == 1 and lineage.run_id == "run-1" and lineage.replaced is None
-    assert lineage.metrics["verification_accuracy"] == 0.95 and lineage.champion_metrics is None
-    assert StoreVersion.read(tmp_path / "store" / "arcface" / "1" / "assets.extra" / "lineage.json") == lineage
+    version = tmp_path / "store" / "arcface" / "1"
+    exported = next(tmp_path.glob("export-*"))
+    assert (version / "saved_model.pb").read_bytes() == (exported / "saved_model" / "saved_model.pb").read_bytes()
+    assert (version / "variables" / "variables.index").read_bytes() == b"index"
+    assert (version / "assets.extra" / "model.keras").read_bytes() == (exported / "model.keras").read_bytes()
+    assert json.loads((version.parent / "current.json").read_text(encoding="utf-8"))["version"] == 1
+    lineage = json.loads((version / "assets.extra" / "lineage.json").read_text(encoding="utf-8"))
+    assert (lineage["model_name"], lineage["version"], lineage["run_id"]) == ("arcface", 1, "run-1")
+    assert lineage["replaced"] is None and lineage["champion_metrics"] is None
+    assert lineage["metrics"]["verification_accuracy"] == 0.95
 
 
 def test_promote_refuses_when_the_champion_moved_since_the_evaluation(tmp_path):

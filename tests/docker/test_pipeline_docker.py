@@ -136,16 +136,33 @@ def test_export_in_every_format(docker_run, docker_images):
     assert card["framework_versions"]["python"] == image_python
 
 
-def test_onnx_export_runs_here(docker_run):
-    ort = pytest.importorskip("onnxruntime")
+def test_onnx_export_embeds_real_faces_as_the_trained_model_does(docker_run, pillow_input):
+    """The ONNX file the container exported, run here by onnxruntime on the run's own aligned faces, gives the
+    embeddings of the Keras model the train step saved (loaded here), each face's input made by the tests'
+    Pillow reference, not by the code under test."""
     import numpy as np
+    import onnxruntime as ort
 
-    session = ort.InferenceSession(str(docker_run["run_dir"] / "export-model" / "exported" / "model.onnx"),
+    from arcface.artifacts import load_keras
+
+    run_dir = docker_run["run_dir"]
+    crops = sorted(p for p in (run_dir / "align-faces" / "aligned" / "crops").rglob("*") if p.is_file())[:12]
+    assert len(crops) == 12
+    faces = np.stack([pillow_input(path, 48) for path in crops])
+    session = ort.InferenceSession(str(run_dir / "export-model" / "exported" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
-    faces = np.random.default_rng(0).uniform(-1, 1, (2, 48, 48, 3)).astype(np.float32)
-    (embeddings,) = session.run(None, {inp.name: faces})
-    assert embeddings.shape == (2, 64) and np.isfinite(embeddings).all()
+    (onnx_embeddings,) = session.run(None, {inp.name: faces})
+    keras_embeddings = np.asarray(load_keras(run_dir / "train-model" / "model" / "embedding_model.keras")(faces))
+    assert onnx_embeddings.shape == keras_embeddings.shape == (12, 64)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    cosine = np.sum(unit(onnx_embeddings) * unit(keras_embeddings), axis=1)
+    assert cosine.min() >= 0.9999, cosine
+    # Not a constant map: the faces of different people are told apart.
+    assert np.abs(unit(onnx_embeddings) @ unit(onnx_embeddings).T - np.eye(12)).max() < 0.9999
 
 
 def test_a_failing_step_fails_the_run(docker_images, tmp_path, capfd):
