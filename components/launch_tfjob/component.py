@@ -15,7 +15,8 @@ def launch_tfjob(config: dict, manifest: Input[Dataset], model: Output[Model], m
                  timeout_minutes: float, poll_seconds: float = 10.0, namespace: str = "",
                  model_store: str = "", model_name: str = "arcface", run_id: str = ""):
     """Stage the manifest on the PVC, create the TFJob, follow it (state changes and the chief's log), then copy
-    the chief's model folder into ``model.path`` (arcface.launch.launch).
+    the chief's model folder into ``model.path`` (arcface.launch.launch). A step that fails or is terminated
+    (a run stopped from the UI: SIGTERM) deletes the TFJob it created, so that its pods free their GPUs.
 
     Args:
         config: the validated TrainConfig from the validate step (its save_path is replaced by model/ in this

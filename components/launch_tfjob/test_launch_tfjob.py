@@ -5,7 +5,8 @@ TFJob in a namespace, get it, delete it, list pods by label, read a pod's log. T
 talks to it over HTTP (``Configuration(host=http://127.0.0.1:PORT)``), so everything above the transport
 (serialization, the generated API classes, error statuses) runs as it would against a cluster. The job moves
 through a scripted list of states, one per status request; the worker pods, their logs and, when the job
-succeeds, the workers' model folders on the "PVC" (a temporary folder) follow it.
+succeeds, the workers' model folders on the "PVC" (a temporary folder) follow it. A launcher that gets SIGTERM
+runs as its own process (the component's function, as KFP's executor calls it), talking to the same server.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import io
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -27,6 +33,7 @@ from arcface import launch
 from arcface.config import TrainConfig
 from components.launch_tfjob import launch_tfjob
 
+REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "team-a"
 CONFIG = TrainConfig(n_classes=3, backbone="TinyFaceNet", image_size=48, embedding_size=32, epochs=1,
                      batch_size=8, warmup_epochs=0.0, steps_per_epoch=2).to_dict()
@@ -359,6 +366,32 @@ def test_a_failed_job_names_the_job_the_replica_and_the_reason(tmp_path, api):
     assert "[worker-1] ValueError: boom on worker 1" in out.getvalue()  # the failed replica's last lines
     assert not (tmp_path / "model").exists()
     assert os.path.isdir(launch.run_folder(str(pvc), "arcface-run-1-abc")), "kept: a retry resumes from it"
+    # The failed job's pods that still run (the other workers) must not keep their GPUs: the job is deleted.
+    assert deletes(fake) == ["arcface-run-1-abc"] and not fake.jobs
+    assert "the step failed: deleted TFJob team-a/arcface-run-1-abc, which it created" in out.getvalue()
+
+
+def deletes(fake: FakeKubernetes) -> list[str]:
+    """The TFJobs the launcher asked to delete, in order."""
+    prefix = f"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/tfjobs/"
+    return [path.removeprefix(prefix) for method, path, _ in fake.requests if method == "DELETE"]
+
+
+def test_ctrl_c_while_following_deletes_the_job_it_created(tmp_path, api):
+    fake = FakeKubernetes(["Created", "Running"])
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        launch.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
+                      api_client=api(fake), poll_seconds=0.01, timeout_seconds=60, out=out, sleep=sleep)
+    assert fake.state == "Running" and deletes(fake) == ["arcface-run-1-abc"] and not fake.jobs
+    assert "the step was interrupted: deleted TFJob team-a/arcface-run-1-abc, which it created" in out.getvalue()
 
 
 def test_a_job_deleted_from_outside_is_a_clear_failure(tmp_path, api):
@@ -379,6 +412,7 @@ def test_a_job_past_the_timeout_is_deleted(tmp_path, api):
 
 def test_a_retried_launcher_follows_the_job_its_first_attempt_created(tmp_path, api):
     pvc, seen = tmp_path / "pvc", {}
+    handler = signal.getsignal(signal.SIGTERM)
     fake = FakeKubernetes(["Running", "Succeeded"], on_state={"Succeeded": workers_finish(pvc, seen)})
     api_client = api(fake)
     job = request(pvc)
@@ -389,6 +423,82 @@ def test_a_retried_launcher_follows_the_job_its_first_attempt_created(tmp_path, 
     assert "exists already (a retried step): following it" in out.getvalue()
     assert result["stopped"] == "completed"
     assert (tmp_path / "model" / "embedding_model.keras").read_bytes() == b"model of worker 0"
+    assert signal.getsignal(signal.SIGTERM) == handler, "the launcher's SIGTERM handler is undone"
+
+
+def test_a_job_the_launcher_did_not_create_is_not_deleted_when_it_fails(tmp_path, api):
+    """A job of the same name found already there (job names come from the run id) belongs to whoever created
+    it: the launcher that adopted it reports the failure and leaves the job alone."""
+    fake = FakeKubernetes(["Running", "Failed"], failed_replica=1)
+    api_client = api(fake)
+    job = request(tmp_path / "pvc")
+    fake.jobs[job.name] = launch.build_tfjob(job)
+    with pytest.raises(launch.TFJobError, match="failed"):
+        launch.launch(job, str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api_client,
+                      poll_seconds=0.01, timeout_seconds=60, out=io.StringIO())
+    assert deletes(fake) == [] and job.name in fake.jobs
+
+
+# A run stopped from the UI: Kubernetes sends the launcher's pod SIGTERM
+LAUNCHER = textwrap.dedent("""
+    import json, sys
+    from kfp import dsl
+    from kubernetes import client as k8s
+    from arcface import launch
+    from components.launch_tfjob import launch_tfjob
+
+    host, namespace, manifest, artifacts, pvc, config = sys.argv[1:]
+    api_client = k8s.ApiClient(k8s.Configuration(host=host))
+    launch.in_cluster = lambda: (api_client, namespace)
+    launch_tfjob.python_func(
+        config=json.loads(config), manifest=dsl.Dataset(name="aligned", uri=manifest),
+        model=dsl.Model(name="model", uri=artifacts + "/model"),
+        metrics=dsl.Metrics(name="metrics", uri=artifacts + "/metrics"), workers=2, image="arcface-kfp/cpu:test",
+        pvc_name="faces", pvc_mount_path=pvc, gpus_per_worker=1, gpu_resource="nvidia.com/gpu", resources={},
+        node_selector={}, tolerations=[], timeout_minutes=10.0, poll_seconds=0.05, run_id="arcface-training-stop")
+""")
+
+
+@pytest.mark.parametrize("adopted", [False, True], ids=["created", "adopted"])
+def test_a_terminated_launcher_deletes_the_job_it_created(tmp_path, api, adopted):
+    """The launcher, a process of its own, gets SIGTERM while its job runs: it deletes the job it created (the
+    pods would otherwise keep their GPUs until the job's deadline) and exits at once with an error saying so. A
+    job it found already there (adopted) is left running."""
+    fake = FakeKubernetes(["Created", "Running"])
+    api_client = api(fake)
+    name = launch.job_name("arcface-training-stop")
+    if adopted:
+        fake.jobs[name] = launch.build_tfjob(request(tmp_path / "pvc", name=name))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, api_client.configuration.host, NAMESPACE, str(aligned_folder(tmp_path)),
+         str(tmp_path / "artifacts"), str(tmp_path / "pvc"), json.dumps(CONFIG)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120  # the imports take seconds on a busy machine
+        while fake.gets < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and fake.state == "Running", proc.communicate(timeout=5)[0][-3000:]
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        output = proc.communicate(timeout=30)[0]
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, output[-3000:]
+    assert took < 10, f"the launcher took {took:.1f} s to stop after SIGTERM"
+    if adopted:
+        assert deletes(fake) == [] and name in fake.jobs, output[-3000:]
+        assert (f"TFJobError: the step was terminated (SIGTERM); TFJob {NAMESPACE}/{name} was there before it "
+                "(not created by it): left running") in output
+    else:
+        assert deletes(fake) == [name] and not fake.jobs, output[-3000:]
+        assert f"the step was terminated (SIGTERM): deleted TFJob {NAMESPACE}/{name}, which it created" in output
+        # The step's error says it too, for the run's record (arcface.notify.failures_logged).
+        assert (f"TFJobError: the step was terminated (SIGTERM) while TFJob {NAMESPACE}/{name} ran: deleted "
+                f"TFJob {NAMESPACE}/{name}, which it created") in output, output[-3000:]
 
 
 def test_bounds_and_data_the_workers_cannot_see(tmp_path, api):

@@ -19,6 +19,12 @@ The pipeline's launcher step (``components/launch_tfjob``, with ``pipeline.py co
 4. **copy** the chief's model folder into the step's Model artifact, so evaluate and export read exactly what the
    single-pod train step writes, and remove the run's folder from the PVC.
 
+A step that fails or is stopped once it has created the TFJob (the job failing, the timeout, any error, Ctrl-C,
+or SIGTERM: Kubernetes stopping the pod of a terminated run) deletes that job on its way out: otherwise its pods
+would keep their GPUs until the job's deadline. A job the step found already there (a retried step, or a run
+whose ``run_id`` names another run's job) is left alone: another launcher may be following it. The run's folder
+on the PVC stays, so that a retry resumes from its checkpoints.
+
 The Kubernetes calls go through the ``kubernetes`` client (in-cluster config in the pipeline, any
 ``kubernetes.client.ApiClient`` in tests); the TFJob is built with the Training Operator's SDK models
 (``kubeflow-training``). Nothing here imports TensorFlow, except the worker entry point.
@@ -34,7 +40,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
@@ -74,6 +82,15 @@ OK_STOPS = ("completed", "budget", "nothing-to-do")
 
 class TFJobError(RuntimeError):
     """The TFJob failed, was deleted from outside, or did not finish in time; the message says which and why."""
+
+
+class Terminated(BaseException):
+    """The launcher got SIGTERM while its TFJob ran. A BaseException, as KeyboardInterrupt: the ``except Exception``
+    that retries transient API errors while following must not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal_name = signal.Signals(signum).name
 
 
 def _constants():
@@ -259,7 +276,8 @@ def create_or_adopt(api_client, body: Mapping[str, Any], out: TextIO | None = No
     return True
 
 
-def delete_job(api_client, name: str, namespace: str) -> None:
+def delete_job(api_client, name: str, namespace: str, request_timeout=REQUEST_TIMEOUT) -> bool:
+    """Delete the TFJob and, in the background, its pods; False when it was gone already."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -267,10 +285,12 @@ def delete_job(api_client, name: str, namespace: str) -> None:
     try:
         client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
             c.GROUP, c.VERSION, namespace, c.TFJOB_PLURAL, name,
-            body=client.V1DeleteOptions(propagation_policy="Background"), _request_timeout=REQUEST_TIMEOUT)
+            body=client.V1DeleteOptions(propagation_policy="Background"), _request_timeout=request_timeout)
     except ApiException as e:
         if e.status != 404:
             raise
+        return False
+    return True
 
 
 def _api_message(error) -> str:
@@ -530,6 +550,72 @@ def copy_chief_model(request: TFJobRequest, model_dir: str) -> dict[str, Any]:
                                                "history", "manifest_sha256")}
 
 
+#: The cleanup's delete request: (connect, read) seconds. Kubernetes kills a pod 30 s after its SIGTERM by default.
+CLEANUP_TIMEOUT = (5, 15)
+
+
+class _TerminationGuard:
+    """SIGTERM as :class:`Terminated`, raised only where the launcher can clean up after it.
+
+    Python's default for SIGTERM ends the process on the spot, before any ``finally``. While the create request is
+    in flight the signal is held back and raised once it returns (interrupted, the job might exist without the
+    launcher knowing it created it); during the cleanup another one is ignored (it would interrupt the deletion).
+    Only the main thread may set signal handlers; launch() called from another thread keeps the process's own
+    handler (the signal goes to the main thread anyway).
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.armed = False
+        self.previous = None
+        self.installed = False
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        if self.armed:
+            self.armed = False
+            raise Terminated(signum)
+
+    def __enter__(self) -> _TerminationGuard:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def arm(self) -> None:
+        if self.signum is not None:
+            raise Terminated(self.signum)
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:  # None: a handler not set from Python, i.e. the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+
+def _delete_created_job(api_client, request: TFJobRequest, error: BaseException, out: TextIO) -> str:
+    """Delete the TFJob this step created, after ``error``; return what happened, for the step's error."""
+    where = f"TFJob {request.namespace}/{request.name}"
+    why = {Terminated: f"the step was terminated ({getattr(error, 'signal_name', '')})",
+           KeyboardInterrupt: "the step was interrupted"}.get(type(error), "the step failed")
+    try:
+        deleted = delete_job(api_client, request.name, request.namespace, request_timeout=CLEANUP_TIMEOUT)
+    except Exception as e:
+        status = getattr(e, "status", None)
+        what = f"HTTP {status} {_api_message(e)}" if status else f"{type(e).__name__}: {e}"
+        done = (f"could not delete {where}, which it created ({what}); delete it by hand (kubectl delete tfjob "
+                f"-n {request.namespace} {request.name}), or its pods run on until the operator's deadline"
+                + (f" ({request.deadline_seconds} s after it started)" if request.deadline_seconds else ""))
+    else:
+        # Gone already: deleted by follow()'s timeout, or from outside.
+        done = (f"deleted {where}, which it created, so that its pods stop and free their resources" if deleted
+                else f"{where}, which it created, is gone already")
+    _say(out, f"{why}: {done}")
+    return done
+
+
 def launch(request: TFJobRequest, manifest_dir: str, model_dir: str, *, api_client=None,
            poll_seconds: float = 10.0, timeout_seconds: float = 86400.0, out: TextIO | None = None,
            keep_run_folder: bool = False, clock: Callable[[], float] = time.monotonic,
@@ -540,10 +626,26 @@ def launch(request: TFJobRequest, manifest_dir: str, model_dir: str, *, api_clie
     if api_client is None:
         api_client, _ = in_cluster()
     stage(request, manifest_dir)
-    create_or_adopt(api_client, build_tfjob(request), out)
-    follow(api_client, request.name, request.namespace, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
-           out=out, clock=clock, sleep=sleep)
-    result = copy_chief_model(request, model_dir)
+    with _TerminationGuard() as termination:
+        created = False
+        try:
+            created = create_or_adopt(api_client, build_tfjob(request), out)
+            termination.arm()
+            follow(api_client, request.name, request.namespace, poll_seconds=poll_seconds,
+                   timeout_seconds=timeout_seconds, out=out, clock=clock, sleep=sleep)
+            result = copy_chief_model(request, model_dir)
+        except BaseException as error:
+            termination.disarm()
+            if not created:  # none, or another launcher's (adopted): not this step's to delete
+                if isinstance(error, Terminated):
+                    raise TFJobError(f"the step was terminated ({error.signal_name}); TFJob {request.namespace}/"
+                                     f"{request.name} was there before it (not created by it): left running") from None
+                raise
+            done = _delete_created_job(api_client, request, error, out)
+            if isinstance(error, Terminated):
+                raise TFJobError(f"the step was terminated ({error.signal_name}) while TFJob {request.namespace}/"
+                                 f"{request.name} ran: {done}") from None
+            raise
     _say(out, f"copied the chief's model ({request.model_folder}) into {model_dir}")
     if not keep_run_folder:
         shutil.rmtree(request.run_dir, ignore_errors=True)
