@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 from kfp import dsl, local
@@ -93,6 +94,34 @@ def test_a_webhook_that_fails_never_hides_the_run_or_its_record(tmp_path, webhoo
     assert time.monotonic() - start < 2.5  # bounded: a hung endpoint does not hold the run
     assert outcome["webhook"]["ok"] is False and outcome["webhook"]["error"]
     assert [r["state"] for r in ModelStore(tmp_path).runs()] == ["FAILED"]
+
+
+def test_the_exit_step_bounds_a_hung_webhook_by_the_10_s_default(tmp_path, webhook, monkeypatch, capsys):
+    """The component passes no timeout: the default must reach the request, or a webhook that never answers holds
+    the exit step (and the run) for as long as the connection stays open. The request really goes to a hung
+    server, with the timeout it was given scaled down 20 times, so the test waits 0.5 s instead of 10."""
+    hook = webhook(delay=5.0)  # accepts the connection, answers 5 s later: "never", for a 0.5 s timeout
+    timeouts, real_urlopen = [], urllib.request.urlopen
+
+    def urlopen(request, *args, **kwargs):
+        timeout = kwargs.pop("timeout", args[1] if len(args) > 1 else None)
+        timeouts.append(timeout)
+        scaled = timeout / 20 if isinstance(timeout, int | float) else None  # None: no timeout, as urlopen's
+        return real_urlopen(request, timeout=scaled)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    status = dsl.PipelineTaskFinalStatus(state="FAILED", pipeline_job_resource_name="jobs/run-5",
+                                         pipeline_task_name="exit-handler-1", error_code=1,
+                                         error_message="Task exit-handler-1 failed.")
+    start = time.monotonic()
+    report_component.python_func(status=status, model_store=str(tmp_path), model_name="arcface",
+                                 notify_url=hook.url, run_id="run-5")
+    took = time.monotonic() - start
+    assert timeouts == [10.0]
+    assert took < 3.0, f"the exit step waited {took:.1f} s for a webhook that does not answer"
+    out = capsys.readouterr().out
+    assert "run ended: FAILED" in out and '"webhook": {"ok": false' in out and "timed out" in out, out
+    assert [r["state"] for r in ModelStore(tmp_path).runs()] == ["FAILED"]  # the run's record is written anyway
 
 
 def test_no_store_and_no_url_is_quietly_nothing(tmp_path):
