@@ -53,6 +53,8 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
                              "promoted model written to it as <model_name>/<version>/. Empty: no store, the "
                              "threshold alone decides and nothing is promoted"),
     "model_name": (str, "arcface", "the model's folder in model_store"),
+    "warm_start": (bool, True, "train from the model store's champion when model_store holds one (the identities "
+                               "it knows keep their head rows); false: from scratch. A non-empty init_from wins"),
     "keep_versions": (int, 5, "versions kept in the store after a promotion (0 keeps all; the current one is "
                               "never removed)"),
     "notify_url": (str, "", "webhook that receives how the run ended as JSON (POST); empty: none"),
@@ -258,7 +260,7 @@ def build_pipeline(options: DeployOptions | None = None):
                                "launch", options, f"train (TFJob, {options.workers} workers)")
         else:
             train = _configure(train_model(config=validate.outputs["config"], manifest=align.outputs["aligned"],
-                                           **run),
+                                           warm_start=p["warm_start"], **run),
                                "train", options, "train")
             _place_training(train, options)
         evaluate = _configure(evaluate_model(model=train.outputs["model"], manifest=align.outputs["aligned"],

@@ -9,7 +9,7 @@ from components.common import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
-                model_store: str = "", model_name: str = "arcface", run_id: str = ""):
+                model_store: str = "", model_name: str = "arcface", run_id: str = "", warm_start: bool = True):
     """Train; write checkpoints, logs, the resolved config and both Keras models under ``model.path``.
 
     Args:
@@ -22,6 +22,8 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
             (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere. run_id (the KFP run
             name) is also the checkpoint_key when checkpoint_dir is set and the key is empty: a retry of this step
             (a new, empty model folder) resumes from the run's checkpoints, another run starts fresh.
+        warm_start: with an empty init_from, start from model_store's champion when it has one
+            (arcface.warm_start.pipeline_init_from); false: from scratch.
     """
     import re
 
@@ -29,12 +31,15 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
     from arcface.contracts import ManifestDir
     from arcface.notify import failures_logged
     from arcface.train import train
+    from arcface.warm_start import pipeline_init_from
 
     with failures_logged("train-model", model_store=model_store, model_name=model_name, run_id=run_id):
         values = {**config, "save_path": model.path}
         if values.get("checkpoint_dir") and not values.get("checkpoint_key") and run_id:
             values["checkpoint_key"] = re.sub(r"[^A-Za-z0-9._-]", "-", run_id).lstrip(".")[:200]
-        result = train(from_dict(values), ManifestDir.read(manifest.path))
+        values["init_from"] = pipeline_init_from(values.get("init_from", ""), model_store, model_name, warm_start)
+        result = train(from_dict(values), ManifestDir.read(manifest.path), model_store=model_store,
+                       model_name=model_name)
         metrics.log_metric("epochs_completed", result.epochs_completed)
         metrics.log_metric("steps", result.steps)
         metrics.log_metric("images_per_second", round(float(result.images_per_second), 3))
@@ -48,4 +53,5 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
         model.metadata.update({"framework": "tensorflow", "backbone": config["backbone"],
                                "margin": config["margin"], "stopped": result.stopped,
                                "manifest_sha256": result.manifest_sha256,
-                               "checkpoint_key": values.get("checkpoint_key", "")})
+                               "checkpoint_key": values.get("checkpoint_key", ""),
+                               "init_from": values["init_from"]})

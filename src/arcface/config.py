@@ -2,7 +2,8 @@
 
 Every command-line flag, every YAML key and every pipeline parameter is derived from the fields of
 :class:`TrainConfig`: the name, the type, the default and the help text are written here once. The
-first fourteen fields are the original ``train.py`` flags with their original defaults.
+first fourteen fields are the original ``train.py`` flags with their original defaults (the fourteenth,
+``init_from``, keeps its original spelling ``use_param_folder`` as an alias).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ OPTIMIZERS = ("SGD", "Adam")
 MARGINS = ("arcface", "cosface", "sphereface", "combined", "softmax")
 MARGIN_GRADIENTS = ("exact", "straight_through")
 SCHEDULES = ("cosine", "step", "poly", "constant")
+HEAD_INITS = ("mean_embedding", "random")  # arcface.warm_start.HEAD_INITS (not imported: it needs numpy)
 ALIGN_METHODS = ("mtcnn", "none")  # arcface.data.align.METHODS (not imported: it needs numpy)
 PRECISIONS = CHOICES  # arcface.precision (standard library only)
 CHECKPOINT_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
@@ -53,7 +55,10 @@ class TrainConfig:
     dropout: float = _field(0.5, "dropout rate before the embedding layer")
     batch_size: int = _field(10, "global batch size (split across replicas)")
     save_path: str = _field("./params", "where checkpoints, logs, the config and the models are written")
-    use_param_folder: str = _field("", "folder with .h5 or .keras weights to start from (empty: from scratch)")
+    init_from: str = _field("", "start from a model: 'champion' (the current version of --model_store), a run's "
+                                "save_path, an export folder, a store version, or a .keras/.h5 file; the head "
+                                "keeps the rows of the identities it knows, by name (empty: from scratch)",
+                            aliases=("use_param_folder",))
     # --- model ---------------------------------------------------------------------------------------
     image_size: int = _field(112, "side of the square face crop fed to the network, in pixels")
     embedding_size: int = _field(512, "dimension of the face embedding")
@@ -66,12 +71,17 @@ class TrainConfig:
                                            "CombinedMarginLoss)", choices=MARGIN_GRADIENTS)
     sample_rate: float = _field(1.0, "Partial-FC: fraction of class centres used per step (1.0 = full softmax)")
     pretrained: bool = _field(False, "VGG16 only: start from ImageNet weights (needs network access)")
+    head_init: str = _field("mean_embedding", "with --init_from: the rows of identities the source does not know "
+                                              "start from the mean embedding of their training images, or random",
+                            choices=HEAD_INITS)
     # --- data ----------------------------------------------------------------------------------------
     align: str = _field("mtcnn", "face alignment before training and at every entrance: mtcnn (detect the face "
                                  "and warp it onto the ArcFace 5-point template; for photos) or none (the images "
                                  "are already face crops)", choices=ALIGN_METHODS)
     align_cache: str = _field("", "folder of earlier aligned crops (an align output or a cache folder, updated "
-                                  "with the new crops): unchanged images are not aligned again (empty: none)")
+                                  "with the new crops): unchanged images are not aligned again (empty: `arcface "
+                                  "train` keeps one in <checkpoint_dir>/align-cache, else in <save_path>/aligned, "
+                                  "so a restart reuses its crops; the pipeline's align step keeps none)")
     center_crop: float = _field(1.0, "fraction of the image side kept around the centre before resizing")
     augment: bool = _field(True, "random flip and light colour/crop jitter on training images")
     jitter: bool = _field(True, "augment: also the crop/scale, brightness and contrast jitter; off: the flip only, "
@@ -87,6 +97,9 @@ class TrainConfig:
     backbone_clipnorm: float = _field(0.0, "clip the backbone's gradients (not the head's) to this norm, as the "
                                            "reference trainer does with 5 (0 disables)")
     label_smoothing: float = _field(0.0, "label smoothing of the softmax cross-entropy")
+    backbone_lr_scale: float = _field(1.0, "SGD: the backbone's learning rate as a fraction of --lr (the head "
+                                           "keeps --lr): below 1 when fine-tuning from --init_from, so the new "
+                                           "head rows settle before the backbone moves far; 0 freezes it")
     # --- run control ---------------------------------------------------------------------------------
     seed: int = _field(42, "seed for initialization, shuffling, augmentation and pair sampling")
     max_minutes: float = _field(0.0, "wall-clock training budget in minutes; stop cleanly and save (0: none)")
@@ -198,6 +211,7 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 def from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """Build a config from a mapping; an unknown key is an error that names it and the nearest known key."""
     known = {f.name: f for f in fields()}
+    values = _canonical_names(values)
     unknown = [k for k in values if k not in known]
     if unknown:
         import difflib
@@ -211,6 +225,24 @@ def from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> Tra
     for key, value in values.items():
         merged[key] = _coerce(key, value, field_type(known[key]))
     return TrainConfig(**merged)
+
+
+def aliases() -> dict[str, str]:
+    """Other spellings of a field's name (the original tool's ``use_param_folder`` for ``init_from``)."""
+    return {alias: f.name for f in fields() for alias in f.metadata.get("aliases", ())}
+
+
+def _canonical_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    spelled = aliases()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = spelled.get(key, key)
+        if name in out and out[name] != value:
+            alias = key if key != name else next(a for a, n in spelled.items() if n == name and a in values)
+            raise ConfigError(f"{alias!r} is another spelling of {name!r}, and the two are given different values "
+                              f"({values[alias]!r} and {values[name]!r}); give only one")
+        out[name] = value
+    return out
 
 
 def load_yaml(path: str | os.PathLike, base: TrainConfig | None = None) -> TrainConfig:
@@ -297,6 +329,11 @@ def _problems(c: TrainConfig) -> Iterable[str]:
         yield bad("backbone_clipnorm", "must be >= 0 (0 disables clipping)")
     if not 0 <= c.label_smoothing < 1:
         yield bad("label_smoothing", "must be in [0, 1)")
+    if not (math.isfinite(c.backbone_lr_scale) and c.backbone_lr_scale >= 0):
+        yield bad("backbone_lr_scale", "must be >= 0 (1: the backbone trains at --lr, 0: frozen)")
+    elif c.backbone_lr_scale != 1 and c.optimizer != "SGD":
+        yield bad("backbone_lr_scale", "works with --optimizer=SGD only (Adam's steps do not scale with the "
+                                       "gradient); use SGD, or leave it at 1")
     if c.max_minutes < 0:
         yield bad("max_minutes", "must be >= 0 (0 means no budget)")
     if c.checkpoint_steps < 0:
@@ -324,7 +361,8 @@ def add_arguments(parser) -> None:
         help_text = f"{f.metadata['help']} (default: {f.default!r})"
         if f.metadata.get("choices"):
             help_text += f"; one of {', '.join(f.metadata['choices'])}"
-        parser.add_argument(f"--{f.name}", default=None, metavar=kind.__name__.upper(),
+        parser.add_argument(f"--{f.name}", *(f"--{a}" for a in f.metadata.get("aliases", ())), dest=f.name,
+                            default=None, metavar=kind.__name__.upper(),
                             type=(lambda v, n=f.name, k=kind: _coerce(n, v, k)),
                             nargs="?" if kind is bool else None, const=True if kind is bool else None,
                             help=help_text)

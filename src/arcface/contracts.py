@@ -222,6 +222,9 @@ class ModelDir:
     METADATA_FILE = "metadata.json"
     TRAINING_MODEL_FILE = "training_model.keras"
     EMBEDDING_MODEL_FILE = "embedding_model.keras"
+    #: The margin head's rows and their identities (arcface.warm_start.Head), copied into the export and the
+    #: store, so that a run started from this model keeps the rows of the identities it knows.
+    HEAD_FILE = "head.npz"
     BEST_DIR = "best"
     CHECKPOINT_DIR = "checkpoints"
     LOG_DIR = "logs"
@@ -417,7 +420,8 @@ class StoreVersion:
 
     ``metrics`` is the new model's EvaluationSummary (as a dict); ``champion_metrics`` the champion's, measured
     on the same pairs in the same run (None when the store was empty); ``replaced`` the version that was
-    current when this one was promoted.
+    current when this one was promoted; ``started_from`` what its training started from (arcface.warm_start's
+    record: the store version, or the path and sha256; None: from scratch).
     """
 
     model_name: str
@@ -430,6 +434,7 @@ class StoreVersion:
     champion_metrics: dict[str, Any] | None = None
     replaced: int | None = None
     reason: str = ""
+    started_from: dict[str, Any] | None = None
 
     SCHEMA_VERSION: ClassVar[int] = 1
     PRODUCER: ClassVar[str] = "the promote step (`arcface.store.ModelStore.add_version`)"

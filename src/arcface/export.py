@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from arcface import __version__, artifacts
-from arcface.contracts import EvaluationDir, ExportDir
+from arcface.contracts import EvaluationDir, ExportDir, ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +371,14 @@ def input_contract(alignment: dict[str, Any], image_size: int) -> str:
             "first (arcface embed/compare/search do, as does arcface.data.align.aligned_model_inputs)")
 
 
+def _started_from_text(started: dict[str, Any] | None) -> str:
+    if not started:
+        return "random weights (trained from scratch)"
+    where = (f"version {started['version']} of the model store `{started['store']}`" if "version" in started
+             else f"`{started['path']}`")
+    return f"{where} (sha256 `{started['sha256'][:16]}...`)"
+
+
 def render_card_markdown(card: dict[str, Any]) -> str:
     evaluation = card["evaluation"]
     lines = [f"# Model card: ArcFace {card['config'].get('backbone', '')} face embedding", "",
@@ -409,6 +417,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Provenance", "",
               f"- model folder: `{card['source']['model_dir']}`",
               f"- training manifest sha256: `{card['source']['manifest_sha256']}`",
+              f"- started from: {_started_from_text(card['source'].get('started_from'))}",
               f"- ONNX opset: {card.get('onnx_opset', 'n/a')}",
               "- frameworks: " + ", ".join(f"{k} {v}" for k, v in card["framework_versions"].items()), "",
               "## Training configuration", "", "```json", json.dumps(card["config"], indent=2), "```", ""]
@@ -506,6 +515,9 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
                      time.perf_counter() - written)
 
         published = [n for name in formats for n in files[name]]
+        if os.path.isfile(os.path.join(model_dir, ModelDir.HEAD_FILE)):  # the head's rows, for a warm start
+            shutil.copy2(os.path.join(model_dir, ModelDir.HEAD_FILE), os.path.join(staging, ModelDir.HEAD_FILE))
+            published.append(ModelDir.HEAD_FILE)
         card = _model_card(trained, model_dir, formats, quantize, staging, parity, evaluation,
                            check_source, names, image_size, center_crop)
         card = ExportDir.write_card(staging, card, render_card_markdown(card))
@@ -580,7 +592,9 @@ def _model_card(trained, model_dir: str, formats: Sequence[str], quantize: str, 
         "package_version": __version__,
         "framework_versions": _framework_versions(formats),
         "source": {"model_dir": os.path.abspath(model_dir), "manifest_sha256": metadata.get("manifest_sha256"),
-                   "class_names": len(metadata.get("class_names", [])), "epochs": metadata.get("epochs_completed")},
+                   "class_names": len(metadata.get("class_names", [])), "epochs": metadata.get("epochs_completed"),
+                   # what training started from (arcface.warm_start): the store version, or path and sha256
+                   "started_from": metadata.get("started_from")},
         "config": trained.config.to_dict(),
         # The alignment the model was trained with: `arcface embed/compare/search` and the evaluation of a
         # pairs file follow it; the serving graph does not detect faces, so its input contract says so.

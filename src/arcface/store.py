@@ -179,6 +179,7 @@ class ModelStore:
     def add_version(self, exported: str | os.PathLike, *, run_id: str = "", manifest_sha256: str | None = None,
                     config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                     champion_metrics: dict[str, Any] | None = None, reason: str = "",
+                    started_from: dict[str, Any] | None = None,
                     expected_current: int | None | str = "any", make_current: bool = True,
                     keep: int = 0) -> int:
         """Copy an export folder into the store as the next version; return its number.
@@ -195,7 +196,8 @@ class ModelStore:
         self._remove_stale_staging()
         lineage = {"model_name": self.model_name, "version": None, "created": _now(), "run_id": run_id,
                    "manifest_sha256": manifest_sha256, "config": config or {}, "metrics": metrics or {},
-                   "champion_metrics": champion_metrics, "replaced": None, "reason": reason}
+                   "champion_metrics": champion_metrics, "replaced": None, "reason": reason,
+                   "started_from": started_from}
         staging = self._stage(exported, lineage)
         try:
             with self._locked():
@@ -299,8 +301,9 @@ def promote(exported: str | os.PathLike, evaluation: str | os.PathLike, store: M
             keep: int = 0, reason: str = "") -> int:
     """The promote step: the export becomes the next version and the champion; return its number.
 
-    The lineage comes from the export's model card (config, manifest hash) and the evaluation (this model's
-    numbers and the champion's on the same pairs). The champion the evaluation scored must still be current.
+    The lineage comes from the export's model card (config, manifest hash, what training started from) and
+    the evaluation (this model's numbers and the champion's on the same pairs). The champion the evaluation
+    scored must still be current.
     """
     from arcface.contracts import EvaluationDir
 
@@ -308,7 +311,8 @@ def promote(exported: str | os.PathLike, evaluation: str | os.PathLike, store: M
     champion = EvaluationDir.read_champion(evaluation)
     return store.add_version(
         exported, run_id=run_id, manifest_sha256=(card.get("source") or {}).get("manifest_sha256"),
-        config=card.get("config") or {}, metrics=EvaluationDir.read(evaluation).to_dict(),
+        config=card.get("config") or {}, started_from=(card.get("source") or {}).get("started_from"),
+        metrics=EvaluationDir.read(evaluation).to_dict(),
         champion_metrics=champion[1].to_dict() if champion else None, reason=reason,
         expected_current=champion[0] if champion else None, keep=keep)
 

@@ -25,9 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from arcface import __version__, artifacts, atomic, precision
+from arcface import __version__, artifacts, atomic, precision, warm_start
 from arcface.config import TrainConfig
-from arcface.contracts import AlignedDir
+from arcface.contracts import AlignedDir, ModelDir
 from arcface.data import make_dataset
 from arcface.models import MarginHead, build_models, fast_training
 from arcface.models import partial_fc as pfc
@@ -55,17 +55,28 @@ class TrainResult:
 # Pieces
 # ---------------------------------------------------------------------------------------------------------
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to the peak rate, then cosine, step (x0.1 at 50/75/90 %), polynomial or constant decay."""
+    """Linear warm-up to the peak rate, then cosine, step (x0.1 at 50/75/90 %), polynomial or constant decay.
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine"):
+    ``time_progress``: a variable the loop sets to the fraction of the --max_minutes budget spent. The schedule
+    then runs on the larger of the step fraction and the time fraction, so a run that its budget stops before
+    its last step (a slower CPU) has finished its warm-up and its decay all the same.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine",
+                 time_progress: tf.Variable | None = None):
         self.peak, self.total_steps, self.warmup_steps, self.kind = float(peak), int(total_steps), int(
             warmup_steps), kind
+        self.time_progress = time_progress
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
         decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
         progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        if self.time_progress is not None:
+            # The time fraction as a step: the warm-up and the decay keep their shares of the run.
+            step = tf.maximum(step, tf.cast(self.time_progress, tf.float32) * self.total_steps)
+            progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
         if self.kind == "cosine":
             decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
         elif self.kind == "poly":
@@ -100,11 +111,11 @@ class MomentumSGD(keras.optimizers.SGD):
 
 
 def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
-                   loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+                   loss_scaling: bool = False, time_progress: tf.Variable | None = None) -> keras.optimizers.Optimizer:
     """The optimizer of ``config``; ``loss_scaling`` (float16 only, never bfloat16) wraps it in a
-    LossScaleOptimizer."""
+    LossScaleOptimizer; ``time_progress``: see :class:`WarmupSchedule`."""
     schedule = WarmupSchedule(config.lr, total_steps, int(round(config.warmup_epochs * steps_per_epoch)),
-                              config.schedule)
+                              config.schedule, time_progress)
     clip = {"global_clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
     if config.optimizer == "SGD":
         optimizer = (MomentumSGD if FUSED_SGD else keras.optimizers.SGD)(schedule, momentum=config.momentum, **clip)
@@ -172,6 +183,11 @@ def _one_per_process(key: tuple[str, ...], make) -> tf.distribute.Strategy:
     return _STRATEGIES[key]
 
 
+def collective_error_reason(error: tf.errors.OpError) -> str:
+    """The message of a collective op's error, without the name of the function TensorFlow wrapped it in."""
+    return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(str(error.message).split()))[:400]
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes save_path: always, except on the non-chief workers of a multi-worker run."""
     return bool(strategy.extended.should_checkpoint)
@@ -214,48 +230,6 @@ def ensure_writable(folder: str, flag: str) -> None:
             "--checkpoint_dir empty to keep them in save_path") from None
 
 
-def find_param_file(folder: str) -> str:
-    """The weights the original --use_param_folder pointed at: a .keras model or .h5 weights."""
-    if os.path.isfile(folder):
-        return folder
-    if not os.path.isdir(folder):
-        raise TrainingError(f"--use_param_folder={folder!r} does not exist; point it at a folder holding "
-                            "the .keras or .h5 file of an earlier run (its --save_path)")
-    for pattern in (artifacts.TRAINING_MODEL_FILE, "*.weights.h5", "*.keras", "*.h5"):
-        found = sorted(glob.glob(os.path.join(folder, pattern)))
-        if found:
-            return found[0]
-    raise TrainingError(f"--use_param_folder={folder!r} holds no .keras or .h5 file to start from")
-
-
-def load_initial_weights(training_model: keras.Model, backbone: keras.Model, head, source: str) -> str:
-    """Load weights from a .keras or .h5 file; when the head's shape differs, keep only the backbone."""
-    path = find_param_file(source)
-    if path.endswith(".keras"):
-        other = artifacts.load_keras(path)
-        other_backbones = [layer for layer in other.layers if isinstance(layer, keras.Model)]
-        src_backbone = other_backbones[0] if other_backbones else other
-        try:
-            backbone.set_weights(src_backbone.get_weights())
-        except ValueError as e:
-            raise TrainingError(f"{path} holds a different backbone than --backbone: {e}") from None
-        try:
-            head.set_weights(other.get_layer("head").get_weights())
-            return f"loaded backbone and head from {path}"
-        except (ValueError, KeyError):
-            return (f"loaded the backbone from {path}; its classification head has another shape "
-                    f"(another n_classes), so the head was re-initialized")
-    before = head.get_weights()  # not head.weights: sharded centres are no Keras weight
-    try:
-        training_model.load_weights(path, skip_mismatch=True)
-    except Exception as e:  # noqa: BLE001 - h5 readers raise many kinds; all mean "not these weights"
-        raise TrainingError(f"cannot load weights from {path}: {e}") from None
-    head_unchanged = all(np.array_equal(b, w) for b, w in zip(before, head.get_weights(), strict=True))
-    if head_unchanged:
-        return f"loaded the backbone from {path}; the head's shape differs (another n_classes), so it was re-initialized"
-    return f"loaded backbone and head from {path}"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------------------------
@@ -291,6 +265,10 @@ class Budget:
 
     def spent(self) -> bool:
         return time.monotonic() - self.start > self.seconds
+
+    def fraction(self) -> float:
+        """The share of the budget spent, in [0, 1]; 0 without a budget."""
+        return min(1.0, (time.monotonic() - self.start) / self.seconds) if math.isfinite(self.seconds) else 0.0
 
 
 class Throughput:
@@ -376,9 +354,15 @@ ARCHITECTURE_FIELDS = ("backbone", "n_classes", "image_size", "embedding_size", 
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, manifest, *, verbose: int = 1, make_dataset=make_dataset):
-        """``make_dataset`` builds the batches of a split (``arcface.data.make_dataset``'s signature)."""
+    def __init__(self, config: TrainConfig, manifest, *, verbose: int = 1, make_dataset=make_dataset,
+                 strategy: tf.distribute.Strategy | None = None,
+                 starting_point: warm_start.StartingPoint | None = None):
+        """``make_dataset`` builds the batches of a split (``arcface.data.make_dataset``'s signature);
+        ``strategy``: the one :func:`pick_strategy` gave (by default, asked here); ``starting_point``: the
+        resolved ``--init_from`` (by default, resolved here; ``champion`` needs :func:`train`'s model_store)."""
         self.config = config.validate()
+        self.starting_point = (starting_point if starting_point is not None
+                               else warm_start.resolve(self.config.init_from))
         self.manifest = manifest
         self.verbose = verbose
         self.make_dataset = make_dataset
@@ -389,7 +373,7 @@ class Trainer:
             raise TrainingError(
                 f"--n_classes={config.n_classes} but the training data holds {len(self.class_names)} identities; "
                 f"pass --n_classes={len(self.class_names)} or add/remove identity folders")
-        self.strategy = pick_strategy()
+        self.strategy = strategy if strategy is not None else pick_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         # Partial-FC on several replicas shards the class centres (arcface.models.partial_fc).
@@ -431,8 +415,12 @@ class Trainer:
                 fast_training.install(self.training_model, batch_norm=FUSED_BATCH_NORM, prelu=FAST_PRELU)
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
+            # The share of the schedule the --max_minutes budget has run through (WarmupSchedule), checkpointed
+            # so that a resumed run goes on from where its schedule was.
+            self.time_progress = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="time_progress")
             self.optimizer = make_optimizer(config, self.total_steps, self.steps_per_epoch,
-                                            loss_scaling=self.precision.loss_scaling)
+                                            loss_scaling=self.precision.loss_scaling,
+                                            time_progress=self.time_progress if config.max_minutes > 0 else None)
             self.partial_fc = isinstance(self.head, MarginHead) and config.sample_rate < 1
             self.dense_variables = [v for v in self.training_model.trainable_variables
                                     if not (self.partial_fc and v is self.head.centers)]
@@ -444,9 +432,10 @@ class Trainer:
         in_backbone = {id(v) for v in self.backbone.trainable_variables}
         self.backbone_positions = [i for i, v in enumerate(self.dense_variables) if id(v) in in_backbone]
         self.history = History()
+        self.progress_at_start = 0.0
         self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
                                               epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-                                              history=self.history)
+                                              history=self.history, time_progress=self.time_progress)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_write_dir, max_to_keep=2)
         self._train_step = self._make_train_step()
 
@@ -524,6 +513,8 @@ class Trainer:
             grads = tape.gradient(scaled, [*self.dense_variables, out.variable])
             if config.backbone_clipnorm > 0:
                 grads = self._clip_backbone(grads)
+            if config.backbone_lr_scale != 1:
+                grads = self._scale_backbone(grads)
             update_centers(out.variable, grads.pop())
             self.optimizer.apply(grads, self.dense_variables)
             return out.own_loss_sum / global_batch, decay, out.own_correct
@@ -559,6 +550,8 @@ class Trainer:
             grads = tape.gradient(scaled, variables)
             if config.backbone_clipnorm > 0:
                 grads = self._clip_backbone(grads)
+            if config.backbone_lr_scale != 1:
+                grads = self._scale_backbone(grads)
             if self.partial_fc:
                 update_centers(head.centers.value, grads.pop())
             self.optimizer.apply(grads, self.dense_variables)
@@ -581,6 +574,14 @@ class Trainer:
         grads = list(grads)
         for i, g in zip(self.backbone_positions, clipped, strict=True):
             grads[i] = g
+        return grads
+
+    def _scale_backbone(self, grads: list) -> list:
+        """--backbone_lr_scale: with SGD (momentum included) a gradient scaled by k is a learning rate scaled by k,
+        for these variables alone."""
+        grads = list(grads)
+        for i in self.backbone_positions:
+            grads[i] = grads[i] * tf.cast(self.config.backbone_lr_scale, grads[i].dtype)
         return grads
 
     # -- evaluation during training ------------------------------------------------------------------------
@@ -612,6 +613,7 @@ class Trainer:
             "replicas": self.replicas, "global_batch_size": self.config.batch_size,
             "sync_batchnorm": self.replicas > 1 and self.config.sync_batchnorm,
             "checkpoint_dir": self.checkpoint_dir, "checkpoint_key": self.checkpoint_key,
+            "started_from": self.starting_point.record() if self.starting_point is not None else None,
             # the policy the weights were trained under; the saved .keras models compute in float32
             "precision": self.precision.to_dict(), **extra}
 
@@ -623,6 +625,10 @@ class Trainer:
                              os.path.join(folder, artifacts.TRAINING_MODEL_FILE))
         artifacts.save_keras(precision.float32_model(self.embedding_model),
                              os.path.join(folder, artifacts.EMBEDDING_MODEL_FILE))
+        # The rows with their identities: a run started from this model keeps them by name (arcface.warm_start).
+        head = warm_start.Head(tuple(self.class_names), warm_start.head_rows_of(self.head))
+        with atomic.replacing(os.path.join(folder, ModelDir.HEAD_FILE)) as tmp:
+            head.save(tmp)
 
     def save_weights_h5(self) -> None:
         """The original tool left .h5 weights in save_path; --use_param_folder reads them back."""
@@ -656,8 +662,8 @@ class Trainer:
             self._restore(latest)
             return (f"resuming from {os.path.basename(latest)} at epoch {self.epochs_done + 1}, "
                     f"step {int(self.step_in_epoch.numpy())}")
-        if config.use_param_folder:
-            return load_initial_weights(self.training_model, self.backbone, self.head, config.use_param_folder)
+        if self.starting_point is not None:
+            return warm_start.start_trainer(self, self.starting_point)
         return "starting from scratch"
 
     def _restore(self, latest: str) -> None:
@@ -685,11 +691,10 @@ class Trainer:
             if not self.multi_worker:
                 raise
             # A peer died (or restarted): the collective ops abort. Fail the whole job, with the way back.
-            reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(str(e.message).split()))[:400]
             raise TrainingError(
                 f"{task_name(self.strategy)} lost contact with another training worker during epoch "
-                f"{self.epochs_done + 1} ({reason}); the job fails: start all the workers again, they resume "
-                f"from the last checkpoint in {self.checkpoint_dir}") from None
+                f"{self.epochs_done + 1} ({collective_error_reason(e)}); the job fails: start all the workers "
+                f"again, they resume from the last checkpoint in {self.checkpoint_dir}") from None
         finally:
             if self.scratch:
                 shutil.rmtree(self.scratch, ignore_errors=True)
@@ -708,6 +713,7 @@ class Trainer:
             self.config.save(os.path.join(self.run_folder, artifacts.CONFIG_FILE))
         self._announce(how_it_starts)
         budget, speed = Budget(self.config.max_minutes), Throughput()
+        self.progress_at_start = float(self.time_progress.numpy())  # a resumed run's budget covers the rest
         nothing_to_do = self.epochs_done >= self.config.epochs and not self.history.records
         stopped = "nothing-to-do" if nothing_to_do else "completed"
         with EpochLog(os.path.join(self.save_path, artifacts.LOG_DIR)) as epoch_log:
@@ -726,16 +732,27 @@ class Trainer:
 
     def _check_workers_agree(self) -> None:
         """Every worker must resume from the same step, or they run different loops and train apart; that is
-        what happens when the workers do not see the same checkpoints (a pod-local save_path)."""
+        what happens when the workers do not see the same checkpoints (a pod-local save_path). And every worker
+        must train on the same data: the same manifest hash (the crops, when each aligned its own)."""
         step = self.epochs_done * self.steps_per_epoch + int(self.step_in_epoch.numpy())
+        digest = np.frombuffer(bytes.fromhex(self.manifest.sha256), np.uint8).astype(np.int64)
+        # The sums of the bytes and of their squares are the replicas' count times this worker's only when every
+        # replica holds the same bytes (their variance is then 0).
+        mine = np.concatenate([[step], digest, digest ** 2])
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(
-            lambda: tf.constant(step, tf.int64)), axis=None)
-        if int(total) != step * self.replicas:
+            lambda: tf.constant(mine, tf.int64)), axis=None).numpy()
+        if int(total[0]) != step * self.replicas:
             raise TrainingError(
                 f"{task_name(self.strategy)} resumes at global step {step}, but not every worker does (the steps "
-                f"of the {self.replicas} replicas add up to {int(total)}, not {step * self.replicas}): every worker "
-                "must read the same checkpoints; set --checkpoint_dir (or --save_path) to a volume that all workers "
-                "mount")
+                f"of the {self.replicas} replicas add up to {int(total[0])}, not {step * self.replicas}): every "
+                "worker must read the same checkpoints; set --checkpoint_dir (or --save_path) to a volume that all "
+                "workers mount")
+        if not np.array_equal(total[1:], mine[1:] * self.replicas):
+            raise TrainingError(
+                f"{task_name(self.strategy)} trains on the manifest {self.manifest.sha256[:16]}, but not every "
+                "worker does: the workers must train on the same images (the same crops when aligning); give them "
+                "the same --manifest, or the same data and a --save_path, --checkpoint_dir or --align_cache on a "
+                "volume that all mount, so that they take the chief's crops")
 
     def _remove_leftovers_of_killed_runs(self) -> None:
         # TensorFlow writes a checkpoint's shards into <name>_temp/ before merging them; a kill in between
@@ -778,6 +795,9 @@ class Trainer:
         epoch, first = self.epochs_done, int(self.step_in_epoch.numpy())
         meter = EpochMeter(self.steps_per_epoch, self.verbose)
         for step, (images, labels) in enumerate(self._epoch_batches(epoch, first), start=first):
+            if self.config.max_minutes > 0:
+                start = self.progress_at_start
+                self.time_progress.assign(start + (1.0 - start) * budget.fraction())
             started = time.monotonic()
             ce, decay, correct = (float(x) for x in self._train_step(images, labels))
             speed.add(self.config.batch_size, time.monotonic() - started)
@@ -864,30 +884,38 @@ class Trainer:
                            self.manifest.sha256, speed.rate)
 
 
-def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=make_dataset) -> TrainResult:
+#: The folder under --checkpoint_dir where train() keeps the crops it aligned: beside the checkpoints, it outlives
+#: a save_path (a retried step's is new and empty) and every worker mounts it.
+ALIGN_CACHE_DIR = "align-cache"
+
+
+def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=make_dataset,
+          model_store: str = "", model_name: str = "arcface") -> TrainResult:
     """Train from a config; without a manifest the data folders are validated first (as the original did), then
-    aligned when ``config.align`` says so."""
+    aligned when ``config.align`` says so (see :func:`align_for_training`). ``model_store``/``model_name``: the
+    store whose current version ``--init_from champion`` names."""
     from arcface import data
 
     config = config.validate()
+    # Before any work: a model to start from that cannot be used is reported at once.
+    starting_point = warm_start.resolve(config.init_from, model_store=model_store, model_name=model_name)
+    # First, before anything starts TensorFlow's runtime (MTCNN does): MultiWorkerMirroredStrategy can configure
+    # the collective ops only at program startup.
+    strategy = pick_strategy()
     scratch = None
     if manifest is None:
         # A non-chief worker validates (and aligns) into a folder of its own, removed at the end: only the chief
         # writes save_path.
         folder = os.path.abspath(config.save_path)
-        if not tf_config_is_chief():
+        if not is_chief(strategy):
             folder = scratch = tempfile.mkdtemp(prefix="arcface-worker-data-")
         train_root, validation_root = data.resolve_roots(config.train_data, config.validation_data)
         result = data.run_validation(train_root, validation_root, os.path.join(folder, "data"),
                                      n_classes=config.n_classes, min_images=config.min_images, strict=config.strict)
         manifest = result.manifest
         if config.align != "none":  # as the pipeline's align step does, so `arcface train` trains on the same crops
-            from arcface.data.align import run_alignment
-
-            manifest = run_alignment(os.path.join(folder, "data"), os.path.join(folder, "aligned"),
-                                     method=config.align, image_size=config.image_size,
-                                     cache_dir=config.align_cache or None, strict=config.strict,
-                                     n_classes=config.n_classes)
+            manifest = align_for_training(config, strategy, os.path.join(folder, "data"),
+                                          os.path.join(folder, "aligned"))
     elif isinstance(manifest, str | os.PathLike):
         manifest = data.Manifest.read(manifest)
     if config.align != "none" and manifest.alignment is None:
@@ -895,10 +923,63 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=
                     "trained, and recorded, as align=none; run `arcface align` on the manifest first to train on "
                     "aligned faces, or pass --align none to say so", config.align)
     try:
-        return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset).fit()
+        return Trainer(config, manifest, verbose=verbose, make_dataset=make_dataset, strategy=strategy,
+                       starting_point=starting_point).fit()
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def align_for_training(config: TrainConfig, strategy: tf.distribute.Strategy, manifest_dir: str,
+                       output_dir: str):
+    """Align the validated manifest in ``manifest_dir`` into ``output_dir``, reusing the crops made before.
+
+    The cache is --align_cache, else <--checkpoint_dir>/align-cache, else the output folder itself (in save_path):
+    a restarted run, or a retry into a new save_path beside the same checkpoints, aligns only what changed. With
+    several workers the chief aligns first and writes the cache; the others wait for it, then take its crops
+    (by sha256, the cache only read), so that all train on the same crops without aligning them again. A worker
+    that cannot see the chief's folder aligns for itself, and Trainer checks that all ended with the same
+    manifest.
+    """
+    from arcface.contracts import AlignedDir
+    from arcface.data.align import run_alignment
+
+    chief = is_chief(strategy)
+    shared = config.align_cache or (os.path.join(os.path.abspath(config.checkpoint_dir), ALIGN_CACHE_DIR)
+                                    if config.checkpoint_dir else "")
+    if chief:
+        cache = shared or output_dir
+    else:
+        cache = shared or os.path.join(os.path.abspath(config.save_path), "aligned")  # the chief's output_dir
+
+    def align():
+        return run_alignment(manifest_dir, output_dir, method=config.align, image_size=config.image_size,
+                             cache_dir=cache, strict=config.strict, n_classes=config.n_classes, write_cache=chief)
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return align()
+    if chief:
+        manifest = align()
+        _wait_for_every_worker(strategy, "the chief aligned the faces")
+        return manifest
+    _wait_for_every_worker(strategy, "the chief aligned the faces")
+    if not AlignedDir.has_records(cache):
+        log.warning("%s does not see the chief's crops in %s, so it aligns the faces itself; to align them once, "
+                    "give the workers a --save_path, --checkpoint_dir or --align_cache on a volume they all mount",
+                    task_name(strategy), cache)
+    return align()
+
+
+def _wait_for_every_worker(strategy: tf.distribute.Strategy, until: str) -> None:
+    """A collective that every worker joins: none goes on before all got here. There is no timeout: the wait is
+    as long as the chief's work; a worker that dies ends it through TensorFlow's coordination service."""
+    try:
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1, tf.int64)), axis=None)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError) as e:
+        raise TrainingError(
+            f"{task_name(strategy)} lost contact with another training worker while waiting until {until} "
+            f"({collective_error_reason(e)}); see the log of the worker that failed (the chief's, if it stopped "
+            "while aligning), fix that, and start all the workers again") from None
 
 
 def tf_config_is_chief() -> bool:

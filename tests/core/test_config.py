@@ -24,10 +24,19 @@ def parse(argv):
 
 
 def test_original_flags_keep_their_names_and_defaults():
+    """Every original flag is still typed as it was (use_param_folder is now a spelling of init_from)."""
     defaults = TrainConfig().to_dict()
+    spelled = cfg.aliases()
+    assert spelled == {"use_param_folder": "init_from"}
     for name, value in ORIGINAL_FLAGS.items():
-        assert defaults[name] == value, name
-    assert [f.name for f in cfg.fields()][:14] == list(ORIGINAL_FLAGS)
+        assert defaults[spelled.get(name, name)] == value, name
+    assert [spelled.get(n, n) for n in ORIGINAL_FLAGS] == [f.name for f in cfg.fields()][:14]
+    typed = {"n_classes": "3", "epochs": "2", "lr": "0.5", "enhance": "30", "penalty": "0.3", "decay": "0.01",
+             "dropout": "0.2", "batch_size": "4", "train_data": "t/", "validation_data": "v/", "backbone": "VGG16",
+             "optimizer": "Adam", "save_path": "p/", "use_param_folder": "w/"}
+    got = parse([f"--{k}={v}" for k, v in typed.items()]).to_dict()
+    assert {k: str(got[spelled.get(k, k)]) for k in typed} == {
+        **typed, "epochs": "2", "enhance": "30.0", "decay": "0.01", "dropout": "0.2", "batch_size": "4"}
     assert TrainConfig().image_size == 112 and TrainConfig().embedding_size == 512
     TrainConfig().validate()
 

@@ -215,11 +215,14 @@ def test_backbone_clipnorm_bounds_the_backbone_step_and_leaves_the_head_alone(ti
 
 
 def test_use_param_folder_loads_backbone_and_reinitializes_a_different_head(tiny_manifest, tmp_path):
+    """The original tool's folder of .h5 weights (a run's folder goes by class name: tests/train/test_warm_start)."""
     train(tiny_config(tmp_path / "source", epochs=1), tiny_manifest, verbose=0)
+    (tmp_path / "params").mkdir()
+    shutil.copy2(tmp_path / "source" / "training_model.weights.h5", tmp_path / "params")
     source = Trainer(tiny_config(tmp_path / "unused"), tiny_manifest, verbose=0)
     source.training_model.load_weights(str(tmp_path / "source" / "training_model.weights.h5"))
 
-    same = Trainer(tiny_config(tmp_path / "same", use_param_folder=str(tmp_path / "source")), tiny_manifest,
+    same = Trainer(tiny_config(tmp_path / "same", init_from=str(tmp_path / "params")), tiny_manifest,
                    verbose=0)
     assert "loaded backbone and head" in same.restore_or_start()
     for a, b in zip(same.training_model.weights, source.training_model.weights, strict=True):
@@ -229,7 +232,7 @@ def test_use_param_folder_loads_backbone_and_reinitializes_a_different_head(tiny
 
     three = Manifest(rows=[r for r in tiny_manifest.rows if r.identity != "s4"], roots=tiny_manifest.roots,
                      class_names=["s1", "s2", "s3"])
-    other = Trainer(tiny_config(tmp_path / "other", n_classes=3, use_param_folder=str(tmp_path / "source")),
+    other = Trainer(tiny_config(tmp_path / "other", n_classes=3, init_from=str(tmp_path / "params")),
                     three, verbose=0)
     assert "re-initialized" in other.restore_or_start()
     for a, b in zip(other.backbone.weights, source.backbone.weights, strict=True):

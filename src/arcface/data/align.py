@@ -378,12 +378,13 @@ class AlignResult:
 
 def align_manifest(manifest: Manifest, output_dir: str, *, image_size: int = 112, cache_dir: str | None = None,
                    strict: bool = False, n_classes: int | None = None, detector: MtcnnDetector | None = None,
-                   batch: int = 64) -> AlignResult:
+                   batch: int = 64, write_cache: bool = True) -> AlignResult:
     """Align every image of ``manifest`` into ``output_dir`` (an :class:`arcface.contracts.AlignedDir`).
 
     Excluded images and identities left without training images are findings (see :data:`CODES`);
     ``strict=True`` raises :class:`DataError` listing them. ``cache_dir`` (an earlier output, or a folder this
-    function also writes its new crops and records into) supplies the crops of contents aligned before.
+    function also writes its new crops and records into) supplies the crops of contents aligned before;
+    ``write_cache=False`` only reads it (a folder another process owns, e.g. the chief worker's).
     """
     from arcface.contracts import AlignedDir
 
@@ -435,7 +436,7 @@ def align_manifest(manifest: Manifest, output_dir: str, *, image_size: int = 112
     result = _aligned_result(manifest, records, wanted, output_dir, strict, n_classes, started,
                              aligned=len(todo), reused=reused)
     AlignedDir.write(output_dir, result)
-    if cache_dir and os.path.realpath(cache_dir) != os.path.realpath(output_dir):
+    if write_cache and cache_dir and os.path.realpath(cache_dir) != os.path.realpath(output_dir):
         AlignedDir.update_cache(cache_dir, output_dir, result.records)
     return result
 
@@ -505,8 +506,10 @@ def _aligned_result(manifest: Manifest, records: dict[str, dict[str, Any]], want
 
 
 def run_alignment(manifest_dir: str, output_dir: str, *, method: str = "mtcnn", image_size: int = 112,
-                  cache_dir: str | None = None, strict: bool = False, n_classes: int | None = None) -> Manifest:
-    """The align step as the component and ``arcface align`` call it; returns the manifest written.
+                  cache_dir: str | None = None, strict: bool = False, n_classes: int | None = None,
+                  write_cache: bool = True) -> Manifest:
+    """The align step as the component, ``arcface align`` and ``arcface train`` call it; returns the manifest
+    written. ``cache_dir`` may be ``output_dir`` itself: a rerun into the same folder reuses its crops.
 
     ``method='none'`` passes the validated manifest and its report through unchanged (pre-aligned data).
     """
@@ -517,7 +520,7 @@ def run_alignment(manifest_dir: str, output_dir: str, *, method: str = "mtcnn", 
     if method == "none":
         return AlignedDir.pass_through(manifest_dir, output_dir)
     result = align_manifest(ManifestDir.read(manifest_dir), output_dir, image_size=image_size, cache_dir=cache_dir,
-                            strict=strict, n_classes=n_classes)
+                            strict=strict, n_classes=n_classes, write_cache=write_cache)
     report = result.report
     for f in report["findings"][:20]:
         if f["severity"] != "info":
