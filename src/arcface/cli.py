@@ -22,7 +22,7 @@ def _train(args) -> int:
     from arcface.train import train
 
     config = cfg.from_args(args)
-    result = train(config, args.manifest)
+    result = train(config, args.manifest, model_store=args.model_store, model_name=args.model_name)
     return 0 if result.stopped in ("completed", "budget", "nothing-to-do") else 1
 
 
@@ -98,6 +98,18 @@ def _enroll(args) -> int:
     return enroll_command(args.model, args.gallery, args.index, args.kind)
 
 
+def _import(args) -> int:
+    from arcface.models.insightface import LICENSE_NOTE, import_onnx
+
+    result = import_onnx(args.source, args.save_path, embedding_size=args.embedding_size,
+                         calibration_images=args.calibration_images)
+    print(f"imported {args.source} as {result.backbone} ({result.image_size}x{result.image_size} -> "
+          f"{result.embedding_size}-d) into {result.save_path}: onnxruntime parity min cosine "
+          f"{result.parity['min_cosine']:.6f}, max difference {result.parity['max_abs_diff']:.1e}")
+    print(f"note: {LICENSE_NOTE}")
+    return 0
+
+
 def _serve(args) -> int:
     from arcface.serving import serve
 
@@ -117,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an ArcFace model (the original train.py flags)")
     cfg.add_arguments(p)
     p.add_argument("--manifest", help="manifest.json from `arcface validate` (default: validate the folders now)")
+    p.add_argument("--model_store", default="", help="the model store whose current version --init_from "
+                                                     "champion starts from")
+    p.add_argument("--model_name", default="arcface", help="the model's folder in --model_store")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("validate", help="check a train/validation face folder tree and write a manifest")
@@ -190,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact inner-product search; approximate for large galleries: an HNSW graph (fast "
                         "queries, slow to build), or IVF cells (builds a million faces in about a minute)")
     p.set_defaults(run=_enroll)
+
+    p = sub.add_parser("import", help="an insightface recognition model (.onnx, an arcface_torch IResNet) as a "
+                                      "model folder to serve or fine-tune")
+    p.add_argument("source", help="the .onnx file (e.g. w600k_r50.onnx of insightface's buffalo_l pack)")
+    p.add_argument("--save_path", required=True, help="the model folder to write (as a training run's save_path)")
+    p.add_argument("--embedding_size", type=int, default=None,
+                   help="fail unless the model's embedding has this size (default: whatever it has)")
+    p.add_argument("--calibration_images", nargs="+", default=None,
+                   help="aligned face crops (files or folders) for the BatchNorm statistics the export folded into "
+                        "the convs: needed to fine-tune from the model, not to use it (default: those BNs start as "
+                        "the identity)")
+    p.set_defaults(run=_import)
 
     p = sub.add_parser("serve", help="serve the model with KServe's model server (v1 and v2 protocols)")
     p.add_argument("--model", required=True, help="an export folder or a model-store version folder")
