@@ -19,7 +19,9 @@ from typing import Any
 
 from arcface.precision import CHOICES
 
-BACKBONES = ("ResNet50", "ResNet100", "VGG16", "ResNet18", "ResNet34", "MobileFaceNet", "TinyFaceNet")
+BACKBONES = ("ResNet50", "ResNet100", "VGG16", "ResNet18", "ResNet34", "MobileFaceNet", "TinyFaceNet",
+             # insightface's padding (arcface.models.backbones.INSIGHTFACE_IRESNETS): `arcface import` builds these
+             "IResNet18", "IResNet34", "IResNet50", "IResNet100")
 OPTIMIZERS = ("SGD", "Adam")
 MARGINS = ("arcface", "cosface", "sphereface", "combined", "softmax")
 MARGIN_GRADIENTS = ("exact", "straight_through")

@@ -190,7 +190,7 @@ def test_folder_is_a_training_runs_folder(source, imported):
     from arcface.artifacts import load_model_dir
 
     trained = load_model_dir(imported)
-    assert trained.config.backbone == "ResNet50" and trained.config.embedding_size == 512
+    assert trained.config.backbone == "IResNet50" and trained.config.embedding_size == 512
     assert trained.embedding_model.output_shape == (None, 512) and trained.image_size == 112
     metadata = json.loads((imported / "metadata.json").read_text())
     assert metadata["normalization"] == {"mean": 127.5, "scale": 1 / 128, "channels": "RGB", "layout": "NHWC"}
@@ -200,24 +200,23 @@ def test_folder_is_a_training_runs_folder(source, imported):
     assert record["parity"]["min_cosine"] >= 0.9999 and record["parity"]["max_abs_diff"] <= 1e-4
 
 
-def test_weights_load_into_the_projects_resnet50_whose_padding_differs(imported, faces):
-    """Fine-tuning loads the weights into get_backbone('ResNet50') by order. Its stride-2 convs pad the TF way
-    (0 before, 1 after), not PyTorch's: the same weights then compute something else, which is why the import
-    pads explicitly."""
+def test_the_projects_resnet50_pads_otherwise_so_the_import_is_an_iresnet50(imported, faces):
+    """The project's ResNet50 pads its stride-2 convs the TF way (0 before, 1 after), insightface's the PyTorch way:
+    the same weights in ResNet50 compute something else, so the import is built as IResNet50 (PyTorch's padding),
+    which a fine-tune asks for with --backbone IResNet50 and so starts from the very same network."""
     from arcface.artifacts import load_model_dir
     from arcface.data.preprocess import normalize
     from arcface.models import get_backbone
 
     model = load_model_dir(imported).embedding_model
-    backbone = next(layer for layer in model.layers if layer.name == "ResNet50")
-    plain = get_backbone("ResNet50", 112, 512)
-    plain.set_weights(backbone.get_weights())
+    backbone = next(layer for layer in model.layers if layer.name == "IResNet50")
     x = np.asarray(normalize(faces[1]))
-    exact, shifted = np.array(backbone(x, training=False)), np.array(plain(x, training=False))
-    exact /= np.linalg.norm(exact, axis=1, keepdims=True)
-    shifted /= np.linalg.norm(shifted, axis=1, keepdims=True)
-    print(f"\nsame weights with TF 'same' padding: min cosine {np.sum(exact * shifted, axis=1).min():.4f}")
-    assert np.abs(exact - shifted).max() > 1e-3
+    exact = np.array(backbone(x, training=False))
+    for name, differs in (("ResNet50", True), ("IResNet50", False)):
+        other = get_backbone(name, 112, 512)
+        other.set_weights(backbone.get_weights())
+        got = np.array(other(x, training=False))
+        assert (np.abs(exact - got).max() > 1e-3) == differs, name
 
 
 def test_calibration_gives_the_folded_batchnorms_the_faces_statistics(tmp_path, sample_dir, faces):
@@ -229,12 +228,12 @@ def test_calibration_gives_the_folded_batchnorms_the_faces_statistics(tmp_path, 
 
     path = iresnet_onnx(tmp_path / "r18.onnx", depths=(2, 2, 2, 2), seed=3)
     result = import_onnx(path, tmp_path / "r18", calibration_images=[str(sample_dir / "validation")])
-    assert result.backbone == "ResNet18"
+    assert result.backbone == "IResNet18"
     model = load_model_dir(tmp_path / "r18").embedding_model
     ours = np.asarray(model(np.asarray(normalize(faces[1])), training=False))
     np.testing.assert_allclose(ours, onnxruntime_embeddings(path, faces[1]), rtol=0, atol=1e-4)
 
-    backbone = model.get_layer("ResNet18")
+    backbone = model.get_layer("IResNet18")
     crops = insightface.calibration_pixels([str(sample_dir / "validation")], 112)
     stem = np.asarray(keras.Model(backbone.input, backbone.get_layer("stem_conv").output)(
         np.asarray(normalize(crops))), np.float64).reshape(-1, 64)

@@ -67,14 +67,21 @@ def _conv(filters, kernel, stride, name):
     return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)
 
 
-def _ir_block(x, filters: int, stride: int, name: str):
-    """BN - conv3x3 - BN - PReLU - conv3x3(stride) - BN, plus a projected shortcut when the shape changes."""
+def _ir_block(x, filters: int, stride: int, name: str, torch_padding: bool = False):
+    """BN - conv3x3 - BN - PReLU - conv3x3(stride) - BN, plus a projected shortcut when the shape changes.
+
+    ``torch_padding``: the strided conv pads one pixel on every side, as PyTorch's (and so insightface's
+    published models) do; Keras' "same" pads 0 before and 1 after on an even input, one pixel off the grid."""
     shortcut = x
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn1")(x)
     y = _conv(filters, 3, 1, f"{name}_conv1")(y)
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn2")(y)
     y = _prelu(f"{name}_prelu")(y)
-    y = _conv(filters, 3, stride, f"{name}_conv2")(y)
+    if torch_padding and stride != 1:
+        y = layers.ZeroPadding2D(1, name=f"{name}_pad")(y)
+        y = layers.Conv2D(filters, 3, strides=stride, padding="valid", use_bias=False, name=f"{name}_conv2")(y)
+    else:
+        y = _conv(filters, 3, stride, f"{name}_conv2")(y)
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn3")(y)
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _conv(filters, 1, stride, f"{name}_down_conv")(x)
@@ -82,20 +89,27 @@ def _ir_block(x, filters: int, stride: int, name: str):
     return layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def _iresnet(name: str, image_size: int, embedding_size: int, dropout: float, width: int = 64) -> keras.Model:
+def _iresnet(name: str, image_size: int, embedding_size: int, dropout: float, width: int = 64,
+             depths: str | None = None, torch_padding: bool = False) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = _conv(width, 3, 1, "stem_conv")(inputs)
     x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_bn")(x)
     x = _prelu("stem_prelu")(x)
-    for stage, blocks in enumerate(IRESNET_DEPTHS[name]):
+    for stage, blocks in enumerate(IRESNET_DEPTHS[depths or name]):
         filters = width * 2**stage
         for block in range(blocks):
-            x = _ir_block(x, filters, 2 if block == 0 else 1, f"stage{stage + 1}_block{block + 1}")
+            x = _ir_block(x, filters, 2 if block == 0 else 1, f"stage{stage + 1}_block{block + 1}", torch_padding)
     return keras.Model(inputs, embedding_head(x, embedding_size, dropout), name=name)
 
 
+#: insightface's IResNets exactly (PyTorch's padding): what `arcface import` builds from a published model, so
+#: that a run started from one (--backbone IResNet50 --init_from DIR) starts from the very same network.
+INSIGHTFACE_IRESNETS = {f"I{name}": name for name in IRESNET_DEPTHS}
+
 for _name in IRESNET_DEPTHS:
     register(_name)(lambda n=_name, **kw: _iresnet(n, **kw))
+for _name, _depths in INSIGHTFACE_IRESNETS.items():
+    register(_name)(lambda n=_name, d=_depths, **kw: _iresnet(n, depths=d, torch_padding=True, **kw))
 
 
 # --------------------------------------------------------------------------------------------------

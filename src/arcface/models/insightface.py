@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from arcface.artifacts import NORMALIZATION
-from arcface.models.backbones import IRESNET_DEPTHS
+from arcface.models.backbones import INSIGHTFACE_IRESNETS, IRESNET_DEPTHS
 
 #: insightface's recognition input (model_zoo/arcface_onnx.py: blobFromImages(1/std, mean, swapRB=True)): RGB.
 INSIGHTFACE_MEAN = 127.5
@@ -414,10 +414,10 @@ def parse_iresnet(model, source: str) -> IResNetWeights:
     stem, stem_slope, x = _stem(g, image)
     blocks, x, bn2_node = _blocks(g, x)
     depths = _stages(g, blocks)
-    known = {tuple(v): k for k, v in IRESNET_DEPTHS.items()}
+    known = {tuple(IRESNET_DEPTHS[plain]): name for name, plain in INSIGHTFACE_IRESNETS.items()}
     if depths not in known:
-        raise g.error("the blocks per stage of one of this project's IResNets ("
-                      + ", ".join(f"{k} {list(v)}" for k, v in IRESNET_DEPTHS.items()) + ")",
+        raise g.error("the blocks per stage of one of insightface's IResNets ("
+                      + ", ".join(f"{k} {list(IRESNET_DEPTHS[v])}" for k, v in INSIGHTFACE_IRESNETS.items()) + ")",
                       f"{list(depths)} ({sum(depths)} blocks)")
     bn2, fc_kernel, fc_bias, features, side = _head(g, x, bn2_node)
     if any(d not in (None, side) for d in dims[2:]):
@@ -434,47 +434,6 @@ def parse_iresnet(model, source: str) -> IResNetWeights:
 # ---------------------------------------------------------------------------------------------------------
 # Our network, with PyTorch's padding
 # ---------------------------------------------------------------------------------------------------------
-def _torch_ir_block(x, filters: int, stride: int, name: str):
-    """backbones' IResNet block, layer for layer, but a stride-2 conv pads 1 pixel on every side as PyTorch."""
-    from keras import layers
-
-    from arcface.models.backbones import _conv, _prelu
-
-    shortcut = x
-    y = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name=f"{name}_bn1")(x)
-    y = _conv(filters, 3, 1, f"{name}_conv1")(y)
-    y = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name=f"{name}_bn2")(y)
-    y = _prelu(f"{name}_prelu")(y)
-    if stride == 1:
-        y = _conv(filters, 3, 1, f"{name}_conv2")(y)
-    else:
-        y = layers.ZeroPadding2D(1, name=f"{name}_pad")(y)
-        y = layers.Conv2D(filters, 3, strides=stride, padding="valid", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name=f"{name}_bn3")(y)
-    if stride != 1 or x.shape[-1] != filters:
-        # A 1x1 conv samples the same grid with 'same' and with PyTorch's padding 0.
-        shortcut = _conv(filters, 1, stride, f"{name}_down_conv")(x)
-        shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name=f"{name}_down_bn")(shortcut)
-    return layers.Add(name=f"{name}_add")([y, shortcut])
-
-
-def torch_padded_iresnet(name: str, image_size: int = 112, embedding_size: int = 512, dropout: float = 0.0):
-    """``get_backbone(name)`` for the IResNets, with PyTorch's padding in the stride-2 convs (same weights list)."""
-    import keras
-    from keras import layers
-
-    from arcface.models.backbones import _conv, _prelu, embedding_head
-
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = _conv(STAGE_WIDTHS[0], 3, 1, "stem_conv")(inputs)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name="stem_bn")(x)
-    x = _prelu("stem_prelu")(x)
-    for stage, blocks in enumerate(IRESNET_DEPTHS[name]):
-        for block in range(blocks):
-            x = _torch_ir_block(x, STAGE_WIDTHS[stage], 2 if block == 0 else 1, f"stage{stage + 1}_block{block + 1}")
-    return keras.Model(inputs, embedding_head(x, embedding_size, dropout), name=name)
-
-
 def _set(layer, *weights) -> None:
     layer.set_weights([np.asarray(w, np.float32).reshape(v.shape) for w, v in zip(weights, layer.weights,
                                                                                     strict=True)])
@@ -495,9 +454,9 @@ def build_model(weights: IResNetWeights):
     """The embedding model (image -> unit embedding) holding ``weights``, as ``build_models`` nests it."""
     import keras
 
-    from arcface.models import L2Normalize
+    from arcface.models import L2Normalize, get_backbone
 
-    backbone = torch_padded_iresnet(weights.backbone, weights.image_size, weights.embedding_size)
+    backbone = get_backbone(weights.backbone, weights.image_size, weights.embedding_size)
     for conv, bn, convbn in _conv_bns(weights):
         _set(backbone.get_layer(conv), convbn.kernel)
         _set(backbone.get_layer(bn), *convbn.bn)
