@@ -358,6 +358,7 @@ def parameter_types() -> dict[str, type]:
 
 def coerce_parameter(name: str, value: Any) -> Any:
     """A command-line value as the parameter's type; unknown names and bad values name the fix."""
+    name = cfg.aliases().get(name, name)  # the original --use_param_folder is init_from
     types = parameter_types()
     if name not in types:
         near = difflib.get_close_matches(name, types, n=1)
@@ -365,10 +366,7 @@ def coerce_parameter(name: str, value: Any) -> Any:
                          + f"; known: {', '.join(types)}")
     if name in {f.name for f in cfg.fields()}:
         return cfg.from_dict({name: value}).to_dict()[name]  # the flags' own coercion and messages
-    try:
-        return types[name](value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {types[name].__name__}, got {value!r}") from None
+    return cfg.coerce(name, value, types[name])  # bool("false") would be True
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
@@ -378,7 +376,7 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
         name, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
-        values[name.strip()] = coerce_parameter(name.strip(), value)
+        values[cfg.aliases().get(name.strip(), name.strip())] = coerce_parameter(name.strip(), value)
     return values
 
 
@@ -389,7 +387,8 @@ def config_file_params(path: str) -> dict[str, Any]:
     loaded = cfg.load_yaml(path)  # raises ConfigError naming the key
     with open(path, encoding="utf-8") as f:
         keys = list(yaml.safe_load(f) or {})
-    return {key: getattr(loaded, key) for key in keys}
+    spelled = cfg.aliases()
+    return {spelled.get(key, key): getattr(loaded, spelled.get(key, key)) for key in keys}
 
 
 def check_arguments(arguments: Mapping[str, Any]) -> None:

@@ -175,7 +175,8 @@ def field_type(field: dataclasses.Field) -> type:
     return typing.get_type_hints(TrainConfig)[field.name]
 
 
-def _coerce(name: str, value: Any, kind: type) -> Any:
+def coerce(name: str, value: Any, kind: type) -> Any:
+    """``value`` (from a flag, a YAML file or a pipeline parameter) as ``kind``; a ConfigError names ``name``."""
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -225,7 +226,7 @@ def from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> Tra
         raise ConfigError(f"unknown config key(s): {', '.join(hints)}; known keys: {', '.join(known)}")
     merged = (base or TrainConfig()).to_dict()
     for key, value in values.items():
-        merged[key] = _coerce(key, value, field_type(known[key]))
+        merged[key] = coerce(key, value, field_type(known[key]))
     return TrainConfig(**merged)
 
 
@@ -365,7 +366,7 @@ def add_arguments(parser) -> None:
             help_text += f"; one of {', '.join(f.metadata['choices'])}"
         parser.add_argument(f"--{f.name}", *(f"--{a}" for a in f.metadata.get("aliases", ())), dest=f.name,
                             default=None, metavar=kind.__name__.upper(),
-                            type=(lambda v, n=f.name, k=kind: _coerce(n, v, k)),
+                            type=(lambda v, n=f.name, k=kind: coerce(n, v, k)),
                             nargs="?" if kind is bool else None, const=True if kind is bool else None,
                             help=help_text)
 

@@ -305,6 +305,9 @@ def test_param_parsing():
         pipeline.parse_params(["epoch=3"])
     with pytest.raises(cfg.ConfigError, match="epochs: expected an integer"):
         pipeline.parse_params(["epochs=three"])
+    # The original flag's spelling is the parameter init_from.
+    assert pipeline.parse_params(["use_param_folder=/m/run1", "warm_start=false"]) == {
+        "init_from": "/m/run1", "warm_start": False}
     assert pipeline.parse_every("7d") == 7 * 86400
     assert pipeline.parse_every("90m") == 5400
     with pytest.raises(ValueError, match="prefix a seconds field"):
@@ -321,3 +324,5 @@ def test_config_file_overrides_the_preset(tmp_path):
     path.write_text("epoch: 2\n")
     with pytest.raises(cfg.ConfigError, match="did you mean 'epochs'"):
         pipeline.local_arguments(config=str(path))
+    path.write_text("use_param_folder: /m/run1\n")  # the original key, as a training config file has it
+    assert pipeline.local_arguments(config=str(path))["init_from"] == "/m/run1"
