@@ -56,7 +56,9 @@ def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | N
         name="kserve-container",
         image=image or images.cpu_image(),
         command=["arcface", "serve"],
-        args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT)],
+        # Every interface: the pod is reached through the cluster's ingress, which authenticates the caller
+        # (`arcface serve` has no authentication of its own, so it listens on 127.0.0.1 unless told).
+        args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT), "--host", "0.0.0.0"],
         env=[k8s.V1EnvVar(name="STORAGE_URI", value=model_uri)],
         ports=[k8s.V1ContainerPort(container_port=HTTP_PORT, protocol="TCP")],
         resources=k8s.V1ResourceRequirements(requests=RESOURCES["requests"], limits=RESOURCES["limits"]))

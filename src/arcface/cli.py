@@ -13,6 +13,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ALIGN_CHOICES = ("auto", "mtcnn", "none")  # arcface.embedding.ALIGN_CHOICES (not imported: it needs numpy)
+EXIT_SKIPPED = 3  # arcface.embedding.EXIT_SKIPPED
+NO_FACE_CHOICES = ("skip", "fail", "whole")  # arcface.embedding.NO_FACE_CHOICES
+NO_FACE_HELP = ("a photo in which the detector finds no usable face: skip (default) reports it (file, code, fix) "
+                "and embeds the others; fail stops; whole uses the whole image as the crop")
 ALIGN_HELP = ("auto (default): align photos as the model was trained (its card or metadata says); mtcnn: "
               "detect and align every photo; none: use the whole image")
 
@@ -68,13 +72,13 @@ def _export(args) -> int:
 def _embed(args) -> int:
     from arcface.embedding import embed_command
 
-    return embed_command(args.model, args.images, args.output, args.format, args.align)
+    return embed_command(args.model, args.images, args.output, args.format, args.align, args.on_no_face)
 
 
 def _compare(args) -> int:
     from arcface.embedding import compare_command
 
-    return compare_command(args.model, args.image_a, args.image_b, args.threshold, args.align)
+    return compare_command(args.model, args.image_a, args.image_b, args.threshold, args.align, args.on_no_face)
 
 
 def _search(args) -> int:
@@ -89,13 +93,13 @@ def _search(args) -> int:
         raise ValueError("--gallery needs --model (the model to embed the gallery and the probe with)")
     from arcface.embedding import search_command
 
-    return search_command(args.model, args.gallery, args.probe, args.top_k, args.align)
+    return search_command(args.model, args.gallery, args.probe, args.top_k, args.align, args.on_no_face)
 
 
 def _enroll(args) -> int:
     from arcface.gallery import enroll_command
 
-    return enroll_command(args.model, args.gallery, args.index, args.kind)
+    return enroll_command(args.model, args.gallery, args.index, args.kind, args.on_no_face)
 
 
 def _import(args) -> int:
@@ -114,7 +118,8 @@ def _serve(args) -> int:
     from arcface.serving import serve
 
     serve(args.model, name=args.name, http_port=args.http_port, index_path=args.index,
-          max_instances=args.max_instances, grpc_port=args.grpc_port)
+          max_instances=args.max_instances, grpc_port=args.grpc_port, host=args.host, on_no_face=args.on_no_face,
+          return_paths=args.return_paths)
     return 0
 
 
@@ -178,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--format", choices=("npy", "csv", "jsonl"), default=None, help="default: from --output's suffix")
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
+    p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
+                   help=NO_FACE_HELP + f"; exit status {EXIT_SKIPPED} when any was skipped")
     p.set_defaults(run=_embed)
 
     p = sub.add_parser("compare", help="similarity of two faces, and same/different at the evaluated threshold")
@@ -186,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_b")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
+    p.add_argument("--on_no_face", choices=("fail", "whole"), default="fail",
+                   help="a photo in which the detector finds no usable face: fail (default), or whole: use the "
+                        "whole image as the crop")
     p.set_defaults(run=_compare)
 
     p = sub.add_parser("search", help="rank gallery identities (--gallery) or enrolled faces (--index) for a probe")
@@ -195,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("probe")
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
+    p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
+                   help="--gallery's photos: " + NO_FACE_HELP + f"; exit status {EXIT_SKIPPED} when any was skipped. "
+                        "The probe must show a face, unless whole")
     p.set_defaults(run=_search)
 
     p = sub.add_parser("enroll", help="embed a gallery into a persistent index (new or changed images only)")
@@ -204,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("exact", "hnsw", "ivf"), default="exact",
                    help="exact inner-product search; approximate for large galleries: an HNSW graph (fast "
                         "queries, slow to build), or IVF cells (builds a million faces in about a minute)")
+    p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
+                   help=NO_FACE_HELP + f" (an enrolment again tries it again); exit status {EXIT_SKIPPED} when any "
+                        "was skipped")
     p.set_defaults(run=_enroll)
 
     p = sub.add_parser("import", help="an insightface recognition model (.onnx, an arcface_torch IResNet) as a "
@@ -225,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc_port", type=int, default=None, help="also serve gRPC v2 on this port")
     p.add_argument("--index", help="a gallery index for search requests (`arcface enroll`)")
     p.add_argument("--max_instances", type=int, default=64, help="the most images one request may carry")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default 127.0.0.1: this machine only, since the server has no "
+                        "authentication); 0.0.0.0 only behind an authenticating ingress, as the InferenceService runs it")
+    p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
+                   help="an instance without a usable face: skip (default) answers it with an error entry and the "
+                        "others with results; fail makes the request a 400; whole uses the whole image")
+    p.add_argument("--return_paths", action="store_true",
+                   help="search answers carry the enrolled photo's path (default: identity and score only)")
     p.set_defaults(run=_serve)
     return parser
 

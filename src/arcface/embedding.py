@@ -5,7 +5,9 @@ or ``saved_model/`` inside), and returns an :class:`Embedder`. Images become mod
 :func:`arcface.data.preprocess.model_input`, the function training, evaluation and the SavedModel's serving
 signature use (EXIF orientation included), so an embedding here is the embedding the pipeline evaluated.
 A model trained on aligned crops (its metadata or model card records the alignment) gets each photo aligned
-the same way first (:func:`arcface.data.align.align_file_bytes`); ``align`` overrides what the model says.
+the same way first (:func:`arcface.data.align.aligned_model_inputs`); ``align`` overrides what the model says.
+A photo in which the detector finds no usable face does not sink a batch (:meth:`Embedder.embed_many`): it is
+skipped and reported (:class:`NoFace`: file, code, fix), fails the batch, or is read whole (``on_no_face``).
 """
 
 from __future__ import annotations
@@ -50,16 +52,27 @@ class Embedder:
 
     def inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
         """Encoded images -> the model's inputs [N, S, S, 3]: aligned first when the model was trained on aligned
-        crops, then ``model_input``. Bytes that are not a readable image are an error naming them."""
+        crops, then ``model_input``. Bytes that are not a readable image, or a photo without a usable face, are
+        an error naming them."""
+        batch, faceless = self.checked_inputs(contents, names)
+        if faceless:
+            raise EmbeddingError(no_face_message(faceless))
+        return batch
+
+    def checked_inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> tuple[np.ndarray, list[NoFace]]:
+        """The model's inputs [N, S, S, 3], and the photos in which the detector found no usable face: their
+        rows hold the whole image (as ``align='none'`` reads it), so the caller decides to skip, fail or use them."""
         if self.align == "none":
             return np.stack([decode_input(data, name, self.image_size, self.center_crop)
-                             for data, name in zip(contents, names, strict=True)])
+                             for data, name in zip(contents, names, strict=True)]), []
         from arcface.data.align import aligned_model_inputs
 
         for data, name in zip(contents, names, strict=True):
             decode_input(data, name, 32)  # unreadable bytes are named as such before detection
-        return aligned_model_inputs(list(contents), list(names), self.image_size, self.center_crop,
-                                    error=EmbeddingError)[0]
+        batch, not_aligned = aligned_model_inputs(list(contents), list(names), self.image_size, self.center_crop,
+                                                  whole_image_fallback=True, error=EmbeddingError)
+        return batch, [NoFace.from_finding(i, name, not_aligned[name]) for i, name in enumerate(names)
+                       if name in not_aligned]
 
     def load_images(self, paths: Sequence[str]) -> np.ndarray:
         return self.inputs([read_image_bytes(p) for p in paths], list(paths))
@@ -70,25 +83,118 @@ class Embedder:
             out = out + np.asarray(self.forward(np.ascontiguousarray(batch[:, :, ::-1, :])), dtype=np.float32)
         return out
 
-    def embed(self, paths: Sequence[str], batch_size: int = 32, flip_tta: bool = False) -> np.ndarray:
-        """Unit-length embeddings [N, D] float32 of image files, in the order given."""
+    def embed(self, paths: Sequence[str], batch_size: int = 32, flip_tta: bool = False,
+              on_no_face: str = "fail") -> np.ndarray:
+        """Unit-length embeddings [N, D] float32 of image files, in the order given: one row per file, so a photo
+        without a usable face fails (``on_no_face='fail'``) or is read whole (``'whole'``); :meth:`embed_many`
+        skips it instead."""
+        if on_no_face == "skip":
+            raise EmbeddingError("embed() returns one row per image and cannot skip; use embed_many() to leave "
+                                 "photos without a face out")
+        return self.embed_many(paths, batch_size, flip_tta, on_no_face).embeddings
+
+    def embed_many(self, paths: Sequence[str], batch_size: int = 32, flip_tta: bool = False,
+                   on_no_face: str = "skip") -> Embedded:
+        """Image files -> :class:`Embedded`. A photo without a usable face is left out and reported (``skip``),
+        stops the batch (``fail``), or is embedded whole (``whole``, as deepface's ``enforce_detection=False``).
+        A kept photo's embedding does not depend on the others: faceless rows never reach the model."""
+        check_on_no_face(on_no_face)
         if batch_size < 1:
             raise EmbeddingError(f"batch_size={batch_size} must be >= 1")
         paths = [str(p) for p in paths]
         if not paths:
             raise EmbeddingError("no images to embed; pass at least one image file")
-        outputs = [self._embed_batch(self.load_images(paths[start:start + batch_size]), flip_tta)
-                   for start in range(0, len(paths), batch_size)]
-        return l2_normalize(np.concatenate(outputs))
+        parts = [self._embed_chunk([read_image_bytes(p) for p in paths[start:start + batch_size]],
+                                   paths[start:start + batch_size], start, flip_tta, on_no_face)
+                 for start in range(0, len(paths), batch_size)]
+        return Embedded.join(parts)
 
     def embed_encoded(self, images: Sequence[bytes], names: Sequence[str] | None = None,
-                      flip_tta: bool = False) -> np.ndarray:
-        """Unit-length embeddings [N, D] of encoded images (a server's request), exactly as :meth:`embed`
-        computes them for files with the same bytes: the same alignment, input function and flip rule."""
+                      flip_tta: bool = False, on_no_face: str = "fail") -> Embedded:
+        """Encoded images (a server's request) -> :class:`Embedded`, exactly as :meth:`embed_many` computes them
+        for files with the same bytes: the same alignment, input function, flip rule and faceless rule."""
+        check_on_no_face(on_no_face)
         if not images:
             raise EmbeddingError("no images to embed; send at least one image")
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
-        return l2_normalize(self._embed_batch(self.inputs(list(images), names), flip_tta))
+        return Embedded.join([self._embed_chunk(list(images), names, 0, flip_tta, on_no_face)])
+
+    def _embed_chunk(self, contents: list[bytes], names: list[str], offset: int, flip_tta: bool,
+                     on_no_face: str) -> Embedded:
+        batch, faceless = self.checked_inputs(contents, names)
+        if faceless and on_no_face == "fail":
+            raise EmbeddingError(no_face_message(faceless))
+        faceless = [dataclasses.replace(f, index=f.index + offset) for f in faceless]  # positions in the whole input
+        skipped = faceless if on_no_face == "skip" else []
+        dropped = {f.index for f in skipped}
+        kept = [offset + i for i in range(len(names)) if offset + i not in dropped]
+        embeddings = (l2_normalize(self._embed_batch(batch[[i - offset for i in kept]], flip_tta)) if kept
+                      else np.zeros((0, 0), np.float32))
+        return Embedded(embeddings, kept, skipped, faceless if on_no_face == "whole" else [])
+
+
+NO_FACE_CHOICES = ("skip", "fail", "whole")
+
+
+def check_on_no_face(on_no_face: str) -> None:
+    if on_no_face not in NO_FACE_CHOICES:
+        raise EmbeddingError(f"--on_no_face={on_no_face!r} is unknown; choose one of: {', '.join(NO_FACE_CHOICES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoFace:
+    """A photo in which the detector found no usable face: which (its position and name), why, and the fix."""
+
+    index: int
+    name: str
+    code: str       # a code of arcface.data.align.CODES: no_face, low_score, face_too_small
+    message: str
+    fix: str
+
+    @classmethod
+    def from_finding(cls, index: int, name: str, finding: str) -> NoFace:
+        from arcface.data.align import CODES
+
+        code, _, message = finding.partition(": ")  # aligned_model_inputs reports 'code: message'
+        return cls(index, name, code, message, CODES[code][2] + WHOLE_IMAGE_HINT)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": f"{self.name}: {self.message}", "fix": self.fix}
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.code}: {self.message}; {self.fix}"
+
+
+# Each photo's own fix comes from the detector's codes; reading it whole is the way out for a pre-cropped face.
+WHOLE_IMAGE_HINT = " (or pass --on_no_face whole, or --align none, to use the whole image)"
+
+
+def no_face_message(faceless: Sequence[NoFace]) -> str:
+    more = f" (and {len(faceless) - 1} more in this batch)" if len(faceless) > 1 else ""
+    return f"{faceless[0]}{more}"
+
+
+@dataclasses.dataclass
+class Embedded:
+    """Embeddings of the photos kept, which they are, and the photos left out or read whole for want of a face."""
+
+    embeddings: np.ndarray            # [len(kept), D] unit length, in input order
+    kept: list[int]                   # the input position of each row
+    skipped: list[NoFace]             # left out (on_no_face='skip')
+    whole: list[NoFace] = dataclasses.field(default_factory=list)  # embedded whole (on_no_face='whole')
+
+    @classmethod
+    def join(cls, parts: Sequence[Embedded]) -> Embedded:
+        rows = [p.embeddings for p in parts if len(p.kept)]  # a chunk with every photo skipped has no width
+        return cls(np.concatenate(rows) if rows else np.zeros((0, 0), np.float32), [i for p in parts for i in p.kept],
+                   [f for p in parts for f in p.skipped], [f for p in parts for f in p.whole])
+
+    def rows(self) -> list[np.ndarray | None]:
+        """One entry per input: its embedding, or None where it was skipped."""
+        out: list[np.ndarray | None] = [None] * (len(self.kept) + len(self.skipped))
+        for row, index in zip(self.embeddings, self.kept, strict=True):
+            out[index] = row
+        return out
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -274,23 +380,45 @@ def write_embeddings(output: str, paths: Sequence[str], embeddings: np.ndarray, 
                     f.write(json.dumps({"path": path, "embedding": [float(v) for v in row]}) + "\n")
 
 
+#: ``arcface embed``'s exit status when photos without a usable face were skipped (the others are written).
+EXIT_SKIPPED = 3
+
+
 def embed_command(model: str, images: Sequence[str], output: str, fmt: str | None = None,
-                  align: str | None = None) -> int:
+                  align: str | None = None, on_no_face: str = "skip") -> int:
+    check_on_no_face(on_no_face)
     fmt = _output_format(output, fmt)
     paths = expand_images(images)
     embedder = load_embedder(model, align)
-    embeddings = embedder.embed(paths)
-    write_embeddings(output, paths, embeddings, fmt)
-    order = " (rows in the order of the paths given, folders expanded sorted)" if fmt == "npy" else ""
-    print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {output}{order}")
-    return 0
+    result = embedder.embed_many(paths, on_no_face=on_no_face)
+    report_no_face(result.skipped, result.whole)
+    if not result.kept:
+        raise EmbeddingError(f"none of the {len(paths)} image(s) has a usable face, nothing written to {output}; "
+                             "pass --on_no_face whole (or --align none) when they are face crops already")
+    kept_paths = [paths[i] for i in result.kept]
+    write_embeddings(output, kept_paths, result.embeddings, fmt)
+    order = " (rows in the order of the paths given, folders expanded sorted" if fmt == "npy" else ""
+    order += (", skipped photos left out)" if result.skipped else ")") if order else ""
+    skipped = f"; skipped {len(result.skipped)} of {len(paths)} photos without a usable face" if result.skipped else ""
+    print(f"wrote {len(kept_paths)} embeddings of size {result.embeddings.shape[1]} to {output}{order}{skipped}")
+    return EXIT_SKIPPED if result.skipped else 0
 
 
-def compare_command(model: str, a: str, b: str, threshold: float | None = None, align: str | None = None) -> int:
+def report_no_face(skipped: Sequence[NoFace], whole: Sequence[NoFace] = ()) -> None:
+    """One line per photo skipped or read whole (file, code, message, fix) on stderr: the output stays data."""
+    for problem in skipped:
+        print(f"skipped {problem}", file=sys.stderr)
+    for problem in whole:
+        print(f"embedded whole {problem.name}: {problem.code}: {problem.message}", file=sys.stderr)
+
+
+def compare_command(model: str, a: str, b: str, threshold: float | None = None, align: str | None = None,
+                    on_no_face: str = "fail") -> int:
+    """Two photos, one answer: a photo without a usable face fails it, or is read whole (``on_no_face='whole'``)."""
     embedder = load_embedder(model, align)
     # The evaluated threshold holds for embeddings computed the way the evaluation computed them.
     flip = embedder.threshold_flip_tta if threshold is None else False
-    ea, eb = embedder.embed([a, b], flip_tta=flip)
+    ea, eb = embedder.embed([a, b], flip_tta=flip, on_no_face=on_no_face)
     similarity = float(np.dot(ea, eb))
     print(f"similarity: {similarity:.4f}")
     if threshold is None and embedder.threshold is None:
@@ -320,28 +448,38 @@ def gallery_identities(gallery_dir: str) -> dict[str, list[str]]:
     return identities
 
 
-def identity_centres(embedder: Embedder, identities: dict[str, list[str]], flip_tta: bool = False) -> np.ndarray:
-    """[identities, D]: the mean of each identity's unit embeddings, renormalized to unit length."""
+def identity_centres(embedder: Embedder, identities: dict[str, list[str]], flip_tta: bool = False,
+                     on_no_face: str = "fail") -> tuple[np.ndarray, list[str], list[NoFace]]:
+    """[identities, D]: the mean of each identity's unit embeddings, renormalized to unit length; the identities
+    (one left with no photo kept is left out) and the photos skipped for want of a face."""
     paths = [p for images in identities.values() for p in images]
-    embeddings = embedder.embed(paths, flip_tta=flip_tta)
-    centres, start = [], 0
-    for images in identities.values():
-        centres.append(embeddings[start:start + len(images)].mean(axis=0))
-        start += len(images)
-    return l2_normalize(np.stack(centres))
+    owner = [name for name, images in identities.items() for _ in images]
+    result = embedder.embed_many(paths, flip_tta=flip_tta, on_no_face=on_no_face)
+    rows: dict[str, list[np.ndarray]] = {}
+    for index, embedding in zip(result.kept, result.embeddings, strict=True):
+        rows.setdefault(owner[index], []).append(embedding)
+    if not rows:
+        raise EmbeddingError("no gallery photo has a usable face: " + "; ".join(map(str, result.skipped)))
+    names = [name for name in identities if name in rows]
+    return l2_normalize(np.stack([np.mean(rows[name], axis=0) for name in names])), names, result.skipped
 
 
-def search_command(model: str, gallery_dir: str, probe: str, top_k: int = 5, align: str | None = None) -> int:
+def search_command(model: str, gallery_dir: str, probe: str, top_k: int = 5, align: str | None = None,
+                   on_no_face: str = "skip") -> int:
+    """``on_no_face`` is for the gallery's photos; the one probe is embedded whole with 'whole', else must
+    show a face."""
+    check_on_no_face(on_no_face)
     if top_k < 1:
         raise EmbeddingError(f"--top_k={top_k} must be >= 1")
     embedder = load_embedder(model, align)
     identities = gallery_identities(gallery_dir)
     flip = embedder.threshold_flip_tta
-    centres = identity_centres(embedder, identities, flip_tta=flip)
-    similarities = centres @ embedder.embed([probe], flip_tta=flip)[0]
-    names = list(identities)
+    centres, names, skipped = identity_centres(embedder, identities, flip_tta=flip, on_no_face=on_no_face)
+    report_no_face(skipped)
+    probe_rule = "whole" if on_no_face == "whole" else "fail"
+    similarities = centres @ embedder.embed([probe], flip_tta=flip, on_no_face=probe_rule)[0]
     order = np.argsort(-similarities, kind="stable")[:top_k]
     print(f"top {len(order)} of {len(names)} identities for {probe}:")
     for rank, index in enumerate(order, start=1):
         print(f"{rank:3d}  {similarities[index]:.4f}  {names[index]}")
-    return 0
+    return EXIT_SKIPPED if skipped else 0

@@ -32,7 +32,15 @@ import numpy as np
 
 from arcface import artifacts, atomic
 from arcface.contracts import ContractError, ExportDir, ModelDir, check_version
-from arcface.embedding import Embedder, gallery_identities, load_embedder
+from arcface.embedding import (
+    EXIT_SKIPPED,
+    Embedder,
+    NoFace,
+    check_on_no_face,
+    gallery_identities,
+    load_embedder,
+    report_no_face,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,11 +295,15 @@ class EnrollResult:
     changed: int
     unchanged: int
     removed: int
+    skipped: list[NoFace] = dataclasses.field(default_factory=list)  # photos without a usable face, left out
 
 
-def enroll(model: IdentifiedModel, gallery_dir: str, index_dir: str, kind: str = "exact") -> EnrollResult:
+def enroll(model: IdentifiedModel, gallery_dir: str, index_dir: str, kind: str = "exact",
+           on_no_face: str = "skip") -> EnrollResult:
     """Embed the new or changed images of ``gallery_dir`` (``<identity>/`` folders) into the index at
-    ``index_dir`` (created when absent); images no longer in the gallery leave it. Written atomically."""
+    ``index_dir`` (created when absent); images no longer in the gallery leave it. Written atomically.
+    A photo without a usable face is left out and reported (``on_no_face='skip'``; an enrolment again tries it
+    again), stops the enrolment (``'fail'``) or is enrolled whole (``'whole'``)."""
     identities = gallery_identities(gallery_dir)
     gallery = os.path.abspath(gallery_dir)
     current = [Record(identity, os.path.relpath(p, gallery_dir), artifacts.file_sha256(p))
@@ -308,9 +320,17 @@ def enroll(model: IdentifiedModel, gallery_dir: str, index_dir: str, kind: str =
         known = {(r.path, r.sha256): v for r, v in zip(old.records, old.vectors, strict=True)}
         old_paths = {r.path for r in old.records}
     todo = [r for r in current if (r.path, r.sha256) not in known]
-    fresh = (model.embedder.embed([os.path.join(gallery_dir, r.path) for r in todo], flip_tta=flip)
-             if todo else np.zeros((0, 0), np.float32))
-    fresh_by_path = {r.path: v for r, v in zip(todo, fresh, strict=True)}
+    embedded = (model.embedder.embed_many([os.path.join(gallery_dir, r.path) for r in todo], flip_tta=flip,
+                                          on_no_face=on_no_face) if todo else None)
+    skipped = embedded.skipped if embedded else []
+    if skipped:
+        left_out = {todo[f.index].path for f in skipped}
+        todo = [r for r in todo if r.path not in left_out]
+        current = [r for r in current if r.path not in left_out]
+        if not current:
+            raise GalleryError(f"none of the photos of {gallery_dir} has a usable face: "
+                               + "; ".join(map(str, skipped)))
+    fresh_by_path = {r.path: v for r, v in zip(todo, embedded.embeddings if embedded else [], strict=True)}
     vectors = np.stack([known.get((r.path, r.sha256), fresh_by_path.get(r.path)) for r in current])
     index = GalleryIndex(model.model_id, flip, kind, gallery, current, vectors.astype(np.float32),
                          os.path.abspath(model.path))
@@ -318,7 +338,7 @@ def enroll(model: IdentifiedModel, gallery_dir: str, index_dir: str, kind: str =
     current_paths = {r.path for r in current}
     changed = sum(r.path in old_paths for r in todo)
     return EnrollResult(index, added=len(todo) - changed, changed=changed, unchanged=len(current) - len(todo),
-                        removed=len(old_paths - current_paths))
+                        removed=len(old_paths - current_paths), skipped=skipped)
 
 
 def search_index(model: IdentifiedModel, index: GalleryIndex, probes: Sequence[str],
@@ -331,12 +351,15 @@ def search_index(model: IdentifiedModel, index: GalleryIndex, probes: Sequence[s
 # ---------------------------------------------------------------------------------------------------
 # Commands (``arcface enroll``, ``arcface search --index``)
 # ---------------------------------------------------------------------------------------------------
-def enroll_command(model: str, gallery_dir: str, index_dir: str, kind: str = "exact") -> int:
-    result = enroll(load_model(model), gallery_dir, index_dir, kind)
+def enroll_command(model: str, gallery_dir: str, index_dir: str, kind: str = "exact", on_no_face: str = "skip") -> int:
+    check_on_no_face(on_no_face)
+    result = enroll(load_model(model), gallery_dir, index_dir, kind, on_no_face)
+    report_no_face(result.skipped)
+    skipped = f", {len(result.skipped)} skipped without a usable face" if result.skipped else ""
     print(f"index {index_dir}: {len(result.index.records)} faces of {len({r.identity for r in result.index.records})}"
           f" identities ({result.added} added, {result.changed} changed, {result.unchanged} unchanged, "
-          f"{result.removed} removed), {result.index.kind} search, model {result.index.model_id}")
-    return 0
+          f"{result.removed} removed{skipped}), {result.index.kind} search, model {result.index.model_id}")
+    return EXIT_SKIPPED if result.skipped else 0
 
 
 def search_index_command(model: str | None, index_dir: str, probe: str, top_k: int = 5) -> int:

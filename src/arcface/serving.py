@@ -12,13 +12,26 @@ v1 (``POST /v1/models/<name>:predict``), images as base64 (``{"b64": "..."}`` or
     {"instances": [{"image_a": {"b64": ...}, "image_b": {"b64": ...}}]}
         -> {"predictions": [{"similarity": 0.71, "same": true, "threshold": 0.42}]}
     {"task": "search", "top_k": 5, "instances": [{"image": ...}]}     (needs ``--index``)
-        -> {"predictions": [{"matches": [{"identity", "path", "score"}, ...]}]}
+        -> {"predictions": [{"matches": [{"identity", "score"}, ...]}]}   ("path" too with ``--return_paths``)
 
 v2 (``POST /v2/models/<name>/infer``): a BYTES input ``image`` [N] (base64 strings in JSON) gives the FP32
 output ``embedding`` [N, D]; BYTES inputs ``image_a`` and ``image_b`` give ``similarity`` FP32 [N] and, when
 the model has an evaluated threshold, ``same`` BOOL [N].
 
+An instance in which the face detector finds no usable face (a model trained on aligned crops) does not fail
+the request (``--on_no_face skip``, the default): the other instances get their results, and it gets::
+
+    v1: {"predictions": [{"embedding": [...]}, {"error": {"code": "no_face", "message": "image[1]: no face
+         found", "fix": "use a photo in which the face is visible, ..."}}]}     (a pair: either photo)
+    v2: its ``embedding`` row is zeros (``similarity`` 0, ``same`` false), and a BYTES output ``error`` [N],
+        present only then, holds "image[1]: no_face: no face found; <fix>" for it and "" for the others.
+
+``--on_no_face fail`` makes such a request a 400; ``whole`` embeds the whole image instead.
 A bad request is a 400 naming the field and the fix; the server goes on answering the next one.
+
+The server has no authentication: it listens on 127.0.0.1 unless ``--host`` says otherwise. The
+InferenceService (``pipeline.py serve-manifest``) passes ``--host 0.0.0.0`` and relies on the cluster's
+ingress to authenticate callers.
 """
 
 from __future__ import annotations
@@ -36,8 +49,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from arcface.data.validate import MAX_PIXELS
-from arcface.embedding import EmbeddingError
-from arcface.gallery import GalleryError, GalleryIndex, IdentifiedModel, load_model
+from arcface.embedding import Embedded, EmbeddingError, NoFace, check_on_no_face
+from arcface.gallery import GalleryError, GalleryIndex, IdentifiedModel, Match, load_model
 
 DEFAULT_NAME = "arcface"
 DEFAULT_MAX_INSTANCES = 64
@@ -98,17 +111,25 @@ class ArcFaceModel(kserve.Model):
     """The embedding model as a KServe predictor: embed, compare, and search the gallery index."""
 
     def __init__(self, name: str, model_path: str, index_path: str | None = None,
-                 max_instances: int = DEFAULT_MAX_INSTANCES, max_pixels: int = MAX_PIXELS):
+                 max_instances: int = DEFAULT_MAX_INSTANCES, max_pixels: int = MAX_PIXELS,
+                 on_no_face: str = "skip", return_paths: bool = False):
         super().__init__(name)
+        check_on_no_face(on_no_face)
         self.model_path = model_path
         self.index_path = index_path
         self.max_instances = max_instances
         self.max_pixels = max_pixels
+        self.on_no_face = on_no_face
+        self.return_paths = return_paths
         self.model: IdentifiedModel | None = None
         self.index: GalleryIndex | None = None
+        self.dimension = 0
 
     def load(self) -> bool:
         self.model = load_model(self.model_path)
+        embedder = self.model.embedder  # the embedding size, for the v2 rows of faceless instances
+        self.dimension = int(embedder.forward(np.zeros((1, embedder.image_size, embedder.image_size, 3),
+                                                       np.float32)).shape[-1])
         if self.index_path:
             self.index = GalleryIndex.load(self.index_path)
             self.index.check_model(self.model.model_id, what=f"the served model {self.model_path}")
@@ -180,10 +201,10 @@ class ArcFaceModel(kserve.Model):
         return Task("compare" if len(fields) == 2 else "embed", images, v2_request=request)
 
     # -- Task -> results -----------------------------------------------------------------------------
-    def _embed(self, images: list[bytes], field: str, flip_tta: bool) -> np.ndarray:
+    def _embed(self, images: list[bytes], field: str, flip_tta: bool) -> Embedded:
         try:
             return self.model.embedder.embed_encoded(images, [f"{field}[{i}]" for i in range(len(images))],
-                                 flip_tta=flip_tta)
+                                                     flip_tta=flip_tta, on_no_face=self.on_no_face)
         except EmbeddingError as e:
             raise InvalidInput(str(e)) from None
 
@@ -191,25 +212,34 @@ class ArcFaceModel(kserve.Model):
         return {"task": task, **self._results(task)}  # postprocess answers in the request's protocol
 
     def _results(self, task: Task) -> dict[str, Any]:
+        """Per-instance results; ``errors`` maps an instance's position to the faceless photo that stopped it."""
         embedder = self.model.embedder
         if task.kind == "embed":
-            return {"embedding": self._embed(task.images["image"], "image", flip_tta=False)}
+            embedded = self._embed(task.images["image"], "image", flip_tta=False)
+            return {"embedding": embedded.rows(), "errors": _errors(embedded)}
         if task.kind == "compare":
             # The evaluated threshold holds for embeddings computed as the evaluation computed them.
             flip = embedder.threshold_flip_tta
             a = self._embed(task.images["image_a"], "image_a", flip)
             b = self._embed(task.images["image_b"], "image_b", flip)
-            similarity = np.sum(a * b, axis=1)
-            same = None if embedder.threshold is None else similarity >= embedder.threshold
-            return {"similarity": similarity, "same": same, "threshold": embedder.threshold}
+            errors = {**_errors(b), **_errors(a)}  # image_a's problem is named when both have one
+            similarity = [None if i in errors else float(np.dot(x, y))
+                          for i, (x, y) in enumerate(zip(a.rows(), b.rows(), strict=True))]
+            same = None if embedder.threshold is None else [s is not None and s >= embedder.threshold
+                                                            for s in similarity]
+            return {"similarity": similarity, "same": same, "threshold": embedder.threshold, "errors": errors}
         if self.index is None:
             raise InvalidInput("task 'search' needs a gallery index; start the server with --index IDX "
                                "(built by `arcface enroll`)")
         probes = self._embed(task.images["image"], "image", self.index.flip_tta)
         try:
-            return {"matches": self.index.search(probes, self.model.model_id, task.top_k)}
+            found = self.index.search(probes.embeddings, self.model.model_id, task.top_k) if probes.kept else []
         except GalleryError as e:
             raise InvalidInput(str(e)) from None
+        matches: list[list[Match] | None] = [None] * len(task.images["image"])
+        for position, row in zip(probes.kept, found, strict=True):
+            matches[position] = row
+        return {"matches": matches, "errors": _errors(probes)}
 
     def postprocess(self, result: dict[str, Any], headers: dict[str, str] | None = None,
                     response_headers: dict[str, str] | None = None) -> dict | InferResponse:
@@ -217,34 +247,86 @@ class ArcFaceModel(kserve.Model):
         task = result["task"]
         return self._v2_response(task, result) if task.v2_request is not None else self._v1_response(task, result)
 
+    def _match(self, match: Match) -> dict[str, Any]:
+        # An enrolled photo's path tells who was photographed where: only a server started to show it does.
+        answer = match.to_dict()
+        return answer if self.return_paths else {k: v for k, v in answer.items() if k != "path"}
+
     def _v1_response(self, task: Task, result: dict[str, Any]) -> dict[str, Any]:
+        errors = result["errors"]
         if task.kind == "embed":
-            return {"predictions": [{"embedding": row.tolist()} for row in result["embedding"]]}
-        if task.kind == "compare":
+            answers = [{"embedding": row.tolist()} if row is not None else None for row in result["embedding"]]
+        elif task.kind == "compare":
             same = result["same"]
-            return {"predictions": [{"similarity": float(s), "same": None if same is None else bool(same[i]),
-                                     "threshold": result["threshold"]}
-                                    for i, s in enumerate(result["similarity"])]}
-        return {"predictions": [{"matches": [m.to_dict() for m in matches]} for matches in result["matches"]]}
+            answers = [{"similarity": s, "same": None if same is None else bool(same[i]),
+                        "threshold": result["threshold"]} for i, s in enumerate(result["similarity"])]
+        else:
+            answers = [{"matches": [self._match(m) for m in matches]} if matches is not None else None
+                       for matches in result["matches"]]
+        return {"predictions": [{"error": errors[i].to_dict()} if i in errors else answer
+                                for i, answer in enumerate(answers)]}
 
     def _v2_response(self, task: Task, result: dict[str, Any]) -> InferResponse:
+        errors = result["errors"]
         if task.kind == "embed":
-            embedding = result["embedding"]
+            zeros = np.zeros(self.dimension, np.float32)  # a faceless instance's row; its 'error' entry says why
+            embedding = np.stack([zeros if row is None else row for row in result["embedding"]])
             outputs = [InferOutput("embedding", list(embedding.shape), "FP32", embedding.tolist())]
         else:
-            similarity = result["similarity"].astype(np.float32)
+            similarity = np.array([0.0 if s is None else s for s in result["similarity"]], np.float32)
             outputs = [InferOutput("similarity", [len(similarity)], "FP32", similarity.tolist())]
             if result["same"] is not None:
                 outputs.append(InferOutput("same", [len(similarity)], "BOOL", [bool(s) for s in result["same"]],
                                            parameters={"threshold": result["threshold"]}))
+        if errors:
+            n = len(next(iter(task.images.values())))
+            outputs.append(InferOutput("error", [n], "BYTES", [str(errors[i]) if i in errors else "" for i in range(n)]))
         return InferResponse(task.v2_request.id or "", self.name, outputs)
 
 
+def _errors(embedded: Embedded) -> dict[int, NoFace]:
+    return {problem.index: problem for problem in embedded.skipped}
+
+
+DEFAULT_HOST = "127.0.0.1"
+ALL_INTERFACES = ("0.0.0.0", "::")
+
+
+class HostModelServer(kserve.ModelServer):
+    """KServe's ModelServer listening on ``host``. KServe 0.21 has no host option: its RESTServer builds the
+    uvicorn config with ``host="0.0.0.0"`` inside ``ModelServer.start``. ``start`` creates the server's
+    coroutine, then calls :meth:`setup_event_loop` before running it, and uvicorn binds ``config.host`` only
+    when the coroutine runs; so the host is set there, on the config KServe built."""
+
+    def __init__(self, host: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.host = host
+
+    def setup_event_loop(self) -> None:
+        rest = getattr(self, "_rest_server", None)
+        if rest is None or not hasattr(rest, "config"):  # a KServe that builds its server otherwise: refuse, not 0.0.0.0
+            from importlib.metadata import version
+
+            raise RuntimeError(f"kserve {version('kserve')} does not build its REST server as "
+                               "arcface.serving.HostModelServer expects, so --host cannot be applied; install the "
+                               "kserve version the serve extra names")
+        rest.config.host = self.host
+        super().setup_event_loop()
+
+
 def serve(model_path: str, name: str = DEFAULT_NAME, http_port: int = 8080, index_path: str | None = None,
-          max_instances: int = DEFAULT_MAX_INSTANCES, grpc_port: int | None = None) -> None:
-    """Load the model (and index) and answer requests until stopped."""
-    model = ArcFaceModel(name, model_path, index_path, max_instances)
+          max_instances: int = DEFAULT_MAX_INSTANCES, grpc_port: int | None = None, host: str = DEFAULT_HOST,
+          on_no_face: str = "skip", return_paths: bool = False) -> None:
+    """Load the model (and index) and answer requests on ``host`` until stopped. The default, 127.0.0.1, serves
+    this machine only: the server has no authentication of its own. In a cluster the container is started
+    with ``--host 0.0.0.0`` and the ingress in front of it authenticates."""
+    if grpc_port is not None and host not in ALL_INTERFACES:
+        # KServe 0.21's gRPC server always listens on [::] (every interface); it has no host to set.
+        raise ValueError(f"--grpc_port with --host {host}: KServe's gRPC server always listens on every interface; "
+                         "leave --grpc_port out, or pass --host 0.0.0.0 where an authenticating ingress is in front")
+    model = ArcFaceModel(name, model_path, index_path, max_instances, on_no_face=on_no_face,
+                         return_paths=return_paths)
     model.load()
-    server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port or 8081, enable_grpc=grpc_port is not None,
-                                workers=1)
+    server = HostModelServer(host, http_port=http_port, grpc_port=grpc_port or 8081,
+                             enable_grpc=grpc_port is not None, workers=1)
     server.start([model])

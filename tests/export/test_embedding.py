@@ -166,3 +166,13 @@ def test_a_model_file_that_carries_code_is_refused(tmp_path, capsys):
 def test_a_folder_without_a_model_is_explained(tmp_path):
     with pytest.raises(EmbeddingError, match="holds no embedding_model.keras"):
         load_embedder(tmp_path)
+
+
+def test_embed_returns_one_row_per_image_so_it_cannot_skip(model_dir, sample_dir):
+    embedder = load_embedder(model_dir)  # a model that does not align: every photo is read whole, none skipped
+    paths = faces(sample_dir)[:2]
+    with pytest.raises(EmbeddingError, match=r"use embed_many\(\)"):
+        embedder.embed(paths, on_no_face="skip")
+    result = embedder.embed_many(paths)
+    assert result.kept == [0, 1] and result.skipped == [] and result.whole == []
+    np.testing.assert_array_equal(result.embeddings, embedder.embed(paths))

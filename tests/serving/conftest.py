@@ -1,10 +1,20 @@
-"""A small exported model (untrained TinyFaceNet, with an evaluated threshold on its card) for the serving tests."""
+"""A small exported model (untrained TinyFaceNet, with an evaluated threshold on its card) for the serving tests,
+and `arcface serve` started as a real server on a free loopback port."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from arcface import artifacts
 from arcface.config import TrainConfig
@@ -47,3 +57,46 @@ def make_export(folder: Path, sample_dir: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def export_dir(sample_dir, tmp_path_factory) -> Path:
     return make_export(tmp_path_factory.mktemp("serving"), sample_dir)
+
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``arcface serve *args`` on a free port in a subprocess: (its loopback URL, the process) once ready;
+    stopped by its pid. ``args`` name no --http_port."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "arcface.cli", "serve", *args, "--http_port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()

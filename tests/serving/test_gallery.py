@@ -30,15 +30,15 @@ HELD_OUT = ("8.pgm", "9.pgm", "10.pgm")
 
 @pytest.fixture
 def recorded_embeds(monkeypatch) -> list[str]:
-    """Every image path the Embedder is asked to embed."""
+    """Every image path the Embedder is asked to embed (embed() goes through embed_many() too)."""
     seen: list[str] = []
-    original = Embedder.embed
+    original = Embedder.embed_many
 
-    def embed(self, paths, *args, **kwargs):
+    def embed_many(self, paths, *args, **kwargs):
         seen.extend(map(str, paths))
         return original(self, paths, *args, **kwargs)
 
-    monkeypatch.setattr(Embedder, "embed", embed)
+    monkeypatch.setattr(Embedder, "embed_many", embed_many)
     return seen
 
 

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -24,18 +18,10 @@ from arcface.cli import main as cli
 from arcface.embedding import load_embedder
 from arcface.gallery import GalleryIndex, enroll, load_model
 
-from .conftest import THRESHOLD, sample_faces
+from .conftest import THRESHOLD, running_server, sample_faces
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "faces"
 MAX_INSTANCES = 4
-READY_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def b64(path: str) -> str:
@@ -59,36 +45,11 @@ def index_dir(export_dir, sample_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(export_dir, index_dir, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "arcface.cli", "serve", "--model", str(export_dir), "--name", NAME,
-             "--http_port", str(port), "--index", str(index_dir), "--max_instances", str(MAX_INSTANCES)],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    """Started with --return_paths: search answers carry the enrolled photos' paths (test_listen.py: not without)."""
+    args = ["--model", str(export_dir), "--name", NAME, "--index", str(index_dir), "--max_instances",
+            str(MAX_INSTANCES), "--return_paths"]
+    with running_server(args, tmp_path_factory.mktemp("server") / "server.log") as (url, _):
         yield url
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def v1(url: str, body) -> requests.Response:
