@@ -232,6 +232,7 @@ def pipeline_parameters() -> list[inspect.Parameter]:
 def _parameter_help() -> dict[str, str]:
     helps = {f.name: f.metadata["help"] for f in cfg.fields()}
     helps["save_path"] += " (ignored in the pipeline: the model is written to the train step's Model artifact)"
+    helps["n_classes"] += " (0: as many as the validate step finds usable in the data)"
     helps.update({name: text for name, (_, _, text) in PIPELINE_PARAMETERS.items()})
     return helps
 

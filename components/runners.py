@@ -35,12 +35,15 @@ SUMMARY_FILE = "summary.json"
 
 def local_arguments(*, config: str | None = None, data: str | None = None, params: Sequence[str] = (),
                     preset: bool = True) -> dict[str, Any]:
-    """Pipeline arguments of a local run: LOCAL_PRESET < --config < --data < --param."""
+    """Pipeline arguments of a local run: LOCAL_PRESET < --config < --data < --param. Unless one of them sets
+    n_classes, the validate step takes it from the data (n_classes=0), so ``--data YOUR_FACES`` works as the run's
+    own hint prints it, whatever the number of people."""
     arguments: dict[str, Any] = dict(LOCAL_PRESET) if preset else {}
     if config:
         arguments.update(config_file_params(config))
     arguments["data_root"] = os.path.abspath(data or DEFAULT_LOCAL_DATA)
     arguments.update(parse_params(params))
+    arguments.setdefault("n_classes", 0)
     if arguments.get("data_root"):
         arguments["data_root"] = os.path.abspath(arguments["data_root"])
     return arguments

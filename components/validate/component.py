@@ -19,7 +19,8 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset], repor
     """Validate the config and the data; return the resolved config for the train step.
 
     Args:
-        config: TrainConfig keys (every pipeline parameter that mirrors a flag).
+        config: TrainConfig keys (every pipeline parameter that mirrors a flag); n_classes 0 means as many as
+            the data holds.
         data_root: a folder holding train/ and validation/; when set it replaces train_data and validation_data.
         manifest: folder artifact (arcface.contracts.ManifestDir): the manifest (the images training may
             read, with their hashes) and the report as JSON and Markdown.
@@ -42,10 +43,17 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset], repor
         values = dict(config)  # members arrive as strings ('3.0' for an int): from_dict converts and checks them
         if data_root:
             values.update(train_data=data_root, validation_data=data_root)
-        checked = from_dict(values).validate()
+        from_data = from_dict(values).n_classes == 0
+        checked = from_dict({**values, "n_classes": 2} if from_data else values).validate()
         train_root, validation_root = resolve_roots(checked.train_data, checked.validation_data)
-        result = run_validation(train_root, validation_root, manifest.path, n_classes=checked.n_classes,
+        result = run_validation(train_root, validation_root, manifest.path,
+                                n_classes=None if from_data else checked.n_classes,
                                 min_images=checked.min_images, strict=checked.strict)
+        if from_data:
+            found = len(result.manifest.class_names)
+            print(f"n_classes: {found}, the usable identities in {train_root} (n_classes=0 takes the count from the "
+                  "data; pass n_classes=N to require that many)")
+            checked = checked.replace(n_classes=found).validate()
         shutil.copyfile(ManifestDir.report_markdown_file(manifest.path), report.path)
         counts = result.report["counts"]
         manifest.metadata.update({"sha256": result.manifest.sha256, "n_classes": len(result.manifest.class_names),
