@@ -19,6 +19,10 @@ MODEL_MOUNT = "/mnt/models"       # where KServe's storage initializer puts stor
 HTTP_PORT = 8080
 DEFAULT_NAME = "arcface"
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+# Written out, not left to the defaults, so the deployed batching and overload limits show in the manifest. The
+# server batches concurrent requests itself; KServe's spec.predictor.batcher is not set, since it merges several
+# requests' v1 instances into one and a bad photo in one would fail them all (arcface.serving says more).
+SERVING_ARGS = ["--max_batch_size", "16", "--max_batch_wait_ms", "10", "--max_queue", "128"]
 # An InferenceService name is a DNS-1035 label; KServe prefixes it to routes, so keep it short.
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,43}[a-z0-9])?")
 _URI = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
@@ -58,7 +62,7 @@ def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | N
         command=["arcface", "serve"],
         # Every interface: the pod is reached through the cluster's ingress, which authenticates the caller
         # (`arcface serve` has no authentication of its own, so it listens on 127.0.0.1 unless told).
-        args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT), "--host", "0.0.0.0"],
+        args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT), "--host", "0.0.0.0", *SERVING_ARGS],
         env=[k8s.V1EnvVar(name="STORAGE_URI", value=model_uri)],
         ports=[k8s.V1ContainerPort(container_port=HTTP_PORT, protocol="TCP")],
         resources=k8s.V1ResourceRequirements(requests=RESOURCES["requests"], limits=RESOURCES["limits"]))

@@ -114,12 +114,27 @@ def _import(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer; pass 1 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0; pass e.g. 10")
+    return value
+
+
 def _serve(args) -> int:
     from arcface.serving import serve
 
     serve(args.model, name=args.name, http_port=args.http_port, index_path=args.index,
           max_instances=args.max_instances, grpc_port=args.grpc_port, host=args.host, on_no_face=args.on_no_face,
-          return_paths=args.return_paths)
+          return_paths=args.return_paths, max_batch_size=args.max_batch_size,
+          max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue)
     return 0
 
 
@@ -249,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "others with results; fail makes the request a 400; whole uses the whole image")
     p.add_argument("--return_paths", action="store_true",
                    help="search answers carry the enrolled photo's path (default: identity and score only)")
+    p.add_argument("--max_batch_size", type=_positive_int, default=16,
+                   help="the most images one forward pass embeds for concurrent requests (default 16)")
+    p.add_argument("--max_batch_wait_ms", type=_non_negative_float, default=10.0,
+                   help="how long a forward pass waits for more requests to fill it (default 10; 0: never waits)")
+    p.add_argument("--max_queue", type=_positive_int, default=128,
+                   help="the most images admitted and not yet answered; past it a request gets 503 with "
+                        "Retry-After (default 128, at least --max_instances)")
     p.set_defaults(run=_serve)
     return parser
 

@@ -121,6 +121,14 @@ class Embedder:
 
     def _embed_chunk(self, contents: list[bytes], names: list[str], offset: int, flip_tta: bool,
                      on_no_face: str) -> Embedded:
+        prepared = self.prepare(contents, names, on_no_face, offset)
+        return prepared.embedded(self._embed_batch(prepared.inputs, flip_tta) if prepared.kept else None)
+
+    def prepare(self, contents: Sequence[bytes], names: Sequence[str], on_no_face: str,
+                offset: int = 0) -> Prepared:
+        """Encoded images -> the model inputs of the photos kept under the faceless rule, before any forward pass:
+        a server (:mod:`arcface.serving`) batches the inputs of concurrent requests into one pass, then
+        :meth:`Prepared.embedded` finishes each request as :meth:`embed_encoded` would have."""
         batch, faceless = self.checked_inputs(contents, names)
         if faceless and on_no_face == "fail":
             raise EmbeddingError(no_face_message(faceless))
@@ -128,9 +136,7 @@ class Embedder:
         skipped = faceless if on_no_face == "skip" else []
         dropped = {f.index for f in skipped}
         kept = [offset + i for i in range(len(names)) if offset + i not in dropped]
-        embeddings = (l2_normalize(self._embed_batch(batch[[i - offset for i in kept]], flip_tta)) if kept
-                      else np.zeros((0, 0), np.float32))
-        return Embedded(embeddings, kept, skipped, faceless if on_no_face == "whole" else [])
+        return Prepared(batch[[i - offset for i in kept]], kept, skipped, faceless if on_no_face == "whole" else [])
 
 
 NO_FACE_CHOICES = ("skip", "fail", "whole")
@@ -195,6 +201,21 @@ class Embedded:
         for row, index in zip(self.embeddings, self.kept, strict=True):
             out[index] = row
         return out
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Photos ready for the model: the inputs [len(kept), S, S, 3] of the photos kept, and the faceless ones."""
+
+    inputs: np.ndarray
+    kept: list[int]
+    skipped: list[NoFace]
+    whole: list[NoFace]
+
+    def embedded(self, raw: np.ndarray | None) -> Embedded:
+        """The forward pass's rows for ``inputs`` (flip already summed in) -> :class:`Embedded`."""
+        embeddings = l2_normalize(raw) if self.kept else np.zeros((0, 0), np.float32)
+        return Embedded(embeddings, self.kept, self.skipped, self.whole)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -100,3 +100,26 @@ def running_server(args: list[str], log: Path) -> Iterator[tuple[str, subprocess
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def post_concurrently(posts: list[tuple[str, dict]], timeout: float = 120) -> list[requests.Response]:
+    """POST every (url, body) at once (one thread each, released together); the responses in the same order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = threading.Barrier(len(posts))
+
+    def post(url_body: tuple[str, dict]) -> requests.Response:
+        start.wait()
+        return requests.post(url_body[0], json=url_body[1], timeout=timeout)
+
+    with ThreadPoolExecutor(len(posts)) as pool:
+        return list(pool.map(post, posts))
+
+
+def metric(url: str, name: str) -> float:
+    """A counter's value from the server's Prometheus /metrics (KServe serves it; 0 before its first count)."""
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0

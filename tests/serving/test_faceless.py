@@ -6,6 +6,7 @@ the faceless 'photo' a flat grey image in which the detector finds nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -223,9 +224,9 @@ def test_server_fail_mode_refuses_the_request_naming_the_instance(aligning_model
     model.load()
     task = model.preprocess({"instances": [{"image": b64(photos["face"])}, {"image": b64(photos["blank"])}]})
     with pytest.raises(InvalidInput, match=r"image\[1\]: no_face: no face found"):
-        model.predict(task)
+        asyncio.run(model.predict(task))
     whole = ArcFaceModel(NAME, aligning_model, on_no_face="whole")
     whole.load()
-    answer = whole.postprocess(whole.predict(whole.preprocess({"instances": [{"image": b64(photos["blank"])}]})))
+    answer = whole.postprocess(asyncio.run(whole.predict(whole.preprocess({"instances": [{"image": b64(photos["blank"])}]}))))
     np.testing.assert_array_equal(np.array([answer["predictions"][0]["embedding"]], np.float32),
                                   load_embedder(aligning_model, align="none").embed([photos["blank"]]))
