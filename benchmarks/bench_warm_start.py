@@ -44,7 +44,7 @@ TEAM_TRAIN, TEAM_VALIDATION = 5, 1
 FINETUNE_VARIANTS = {
     "finetune": {},
     "finetune_random_rows": {"head_init": "random"},
-    "finetune_backbone_full_rate": {"backbone_lr_scale": 1.0},
+    "finetune_backbone_tenth_rate": {"backbone_lr_scale": 0.1},
     "finetune_backbone_frozen": {"backbone_lr_scale": 0.0},
 }
 
