@@ -221,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments = local_arguments(config=args.config, data=args.data, params=args.param,
                                         preset=not args.no_preset)
             print("pipeline arguments: " + ", ".join(f"{k}={v!r}" for k, v in arguments.items()), flush=True)
+            if arguments.get("n_classes") == 0:
+                print("n_classes=0: as many identities as the data holds (the validate step says how many; "
+                      "--param n_classes=N requires that many)", flush=True)
             print_summary(run_local(arguments, args.output, docker=args.docker, progress=sys.stdout))
         elif args.command == "serve-manifest":
             from components.serving import write_manifest
