@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 
 from arcface.contracts import ExportDir, ModelDir
+from arcface.store import EXTRA_DIR, ModelStore
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 HEAD_INITS = ("mean_embedding", "random")
 HEAD_FILE = ModelDir.HEAD_FILE
-EXTRA_DIR = "assets.extra"  # arcface.store.EXTRA_DIR (the store imports this module's neighbours, not it)
-LINEAGE_FILE = "lineage.json"
 
 
 class StartError(ValueError):
@@ -101,8 +100,6 @@ def resolve(given: str, *, model_store: str = "", model_name: str = "arcface") -
 
 
 def _champion(model_store: str, model_name: str) -> StartingPoint:
-    from arcface.store import ModelStore
-
     if not model_store:
         raise StartError(f"--init_from={CHAMPION} needs --model_store (the store whose current version to start "
                          "from); give one, or a path to the model")
@@ -319,8 +316,6 @@ def pipeline_init_from(init_from: str, model_store: str, model_name: str, warm_s
     ``init_from`` always wins."""
     if (init_from or "").strip() or not warm_start or not model_store:
         return init_from or ""
-    from arcface.store import ModelStore
-
     has_champion = ModelStore(model_store, model_name).current() is not None
     log.info("warm_start: %s", f"starting from the champion of {model_store}" if has_champion
              else f"{model_store} holds no champion yet: training from scratch")
