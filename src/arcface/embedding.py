@@ -5,7 +5,7 @@ or ``saved_model/`` inside), and returns an :class:`Embedder`. Images become mod
 :func:`arcface.data.preprocess.model_input`, the function training, evaluation and the SavedModel's serving
 signature use (EXIF orientation included), so an embedding here is the embedding the pipeline evaluated.
 A model trained on aligned crops (its metadata or model card records the alignment) gets each photo aligned
-the same way first (:func:`arcface.data.align.aligned_model_inputs`); ``align`` overrides what the model says.
+the same way first (:meth:`Embedder.inputs_from`: the align step's detector, face choice and warp); ``align`` overrides what the model says.
 A photo in which the detector finds no usable face does not sink a batch (:meth:`Embedder.embed_many`): it is
 skipped and reported (:class:`NoFace`: file, code, fix), fails the batch, or is read whole (``on_no_face``).
 """
@@ -62,15 +62,34 @@ class Embedder:
     def checked_inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> tuple[np.ndarray, list[NoFace]]:
         """The model's inputs [N, S, S, 3], and the photos in which the detector found no usable face: their
         rows hold the whole image (as ``align='none'`` reads it), so the caller decides to skip, fail or use them."""
-        if self.align == "none":
-            return np.stack([decode_input(data, name, self.image_size, self.center_crop)
-                             for data, name in zip(contents, names, strict=True)]), []
-        from arcface.data.align import aligned_model_inputs
+        images = self.decode(contents, names)
+        return self.inputs_from(images, names, self.detect(images))
 
-        for data, name in zip(contents, names, strict=True):
-            decode_input(data, name, 32)  # unreadable bytes are named as such before detection
-        batch, not_aligned = aligned_model_inputs(list(contents), list(names), self.image_size, self.center_crop,
-                                                  whole_image_fallback=True, error=EmbeddingError)
+    def decode(self, contents: Sequence[bytes], names: Sequence[str]) -> list[np.ndarray]:
+        """Encoded photos -> upright uint8 [H, W, 3] images: each photo is decoded once, here, whatever follows."""
+        return [decode_upright(data, name) for data, name in zip(contents, names, strict=True)]
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Any]] | None:
+        """The faces in each upright image (one batched detector call), or None for a model fed whole images."""
+        if self.align == "none":
+            return None
+        from arcface.data.align import default_detector
+
+        return default_detector().detect(images)
+
+    def inputs_from(self, images: Sequence[np.ndarray], names: Sequence[str],
+                    faces: Sequence[Sequence[Any]] | None) -> tuple[np.ndarray, list[NoFace]]:
+        """Upright images and their detected faces (None: not aligning) -> :meth:`checked_inputs`'s result."""
+        from arcface.data.align import align_detected, inputs_from_alignments
+        from arcface.data.preprocess import decoded_model_input
+
+        if faces is None:
+            return np.stack([decoded_model_input(image, self.image_size, self.center_crop).numpy()
+                             for image in images]), []
+        alignments = [align_detected(image, found, self.image_size)
+                      for image, found in zip(images, faces, strict=True)]
+        batch, not_aligned = inputs_from_alignments(images, alignments, names, self.image_size, self.center_crop,
+                                                    whole_image_fallback=True, error=EmbeddingError)
         return batch, [NoFace.from_finding(i, name, not_aligned[name]) for i, name in enumerate(names)
                        if name in not_aligned]
 
@@ -126,10 +145,17 @@ class Embedder:
 
     def prepare(self, contents: Sequence[bytes], names: Sequence[str], on_no_face: str,
                 offset: int = 0) -> Prepared:
-        """Encoded images -> the model inputs of the photos kept under the faceless rule, before any forward pass:
-        a server (:mod:`arcface.serving`) batches the inputs of concurrent requests into one pass, then
-        :meth:`Prepared.embedded` finishes each request as :meth:`embed_encoded` would have."""
-        batch, faceless = self.checked_inputs(contents, names)
+        """Encoded images -> the model inputs of the photos kept under the faceless rule, before any forward pass."""
+        images = self.decode(contents, names)
+        return self.prepare_decoded(images, names, self.detect(images), on_no_face, offset)
+
+    def prepare_decoded(self, images: Sequence[np.ndarray], names: Sequence[str],
+                        faces: Sequence[Sequence[Any]] | None, on_no_face: str, offset: int = 0) -> Prepared:
+        """:meth:`prepare` from decoded photos and their faces: a server (:mod:`arcface.serving`) decodes each
+        request's photos, detects the faces of concurrent requests' photos in one detector call and embeds
+        their inputs in one forward pass; :meth:`Prepared.embedded` then finishes each request as
+        :meth:`embed_encoded` would have."""
+        batch, faceless = self.inputs_from(images, names, faces)
         if faceless and on_no_face == "fail":
             raise EmbeddingError(no_face_message(faceless))
         faceless = [dataclasses.replace(f, index=f.index + offset) for f in faceless]  # positions in the whole input
@@ -230,14 +256,15 @@ def read_image_bytes(path: str) -> bytes:
         raise EmbeddingError(f"image {path} cannot be read ({e.strerror}); check the path") from None
 
 
-def decode_input(contents: bytes, name: str, image_size: int, center_crop: float = 1.0) -> np.ndarray:
-    """Encoded bytes -> normalized float32 [S, S, 3] (``model_input``); unreadable bytes are an error naming them."""
+def decode_upright(contents: bytes, name: str) -> np.ndarray:
+    """Encoded bytes -> the upright uint8 [H, W, 3] image (EXIF orientation applied, as ``model_input`` reads
+    it); unreadable bytes are an error naming them."""
     import tensorflow as tf
 
-    from arcface.data.preprocess import model_input
+    from arcface.data.align import upright_image
 
     try:
-        return model_input(tf.constant(contents), image_size, center_crop).numpy()
+        return upright_image(contents)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
         raise EmbeddingError(f"{name} is not a readable image ({e.message.splitlines()[0]}); use JPEG, PNG, "
                              "GIF, BMP or binary PGM/PPM") from None

@@ -57,7 +57,7 @@ import dataclasses
 import functools
 import io
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kserve
@@ -84,38 +84,57 @@ DEFAULT_MAX_BATCH_WAIT_MS = 10.0
 # callers usually wait; past it a caller is better told to retry (or sent to another replica) than kept waiting.
 DEFAULT_MAX_QUEUE = 128
 RETRY_AFTER_S = 1
+# Server processes (KServe's --workers): each loads its own model and batches its own requests.
+DEFAULT_WORKERS = 1
 
 FORWARD_PASSES = Counter("arcface_forward_passes", "forward passes run by the serving micro-batcher")
 BATCHED_INPUTS = Counter("arcface_batched_inputs", "model inputs embedded by the serving micro-batcher")
+DETECTOR_PASSES = Counter("arcface_detector_passes", "face detector calls run by the serving micro-batcher")
+DETECTED_PHOTOS = Counter("arcface_detected_photos", "photos searched for faces by the serving micro-batcher")
 OVERLOADED = Counter("arcface_overloaded_requests", "requests refused with 503 because the queue was full")
 
 
 @dataclasses.dataclass
 class _Waiting:
-    inputs: np.ndarray
+    inputs: Sequence[Any]  # an array [N, ...] or a list of N items
     future: asyncio.Future
 
 
+def _join_arrays(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts)
+
+
+def _join_lists(parts: list[Sequence[Any]]) -> list[Any]:
+    return [item for part in parts for item in part]
+
+
 class MicroBatcher:
-    """Model inputs from concurrent requests -> shared forward passes, each caller awaiting its own rows.
+    """Inputs from concurrent requests -> shared passes of one function, each caller awaiting its own rows.
 
     One worker task (started in the server's event loop on first use) takes whole requests' inputs from the queue
-    until ``max_batch_size`` rows are gathered or ``max_wait_s`` has passed since the first, and runs one forward
-    pass in a thread of its own, so the event loop goes on accepting requests (which queue for the next pass)."""
+    until ``max_batch_size`` rows are gathered or ``max_wait_s`` has passed since the first, and runs one pass
+    in a thread of its own, so the event loop goes on accepting requests (which queue for the next pass). The
+    embedding model's forward pass batches arrays; the face detector batches lists of photos (``join``).
+    Only that thread ever calls ``forward``: MTCNN's detector is not known to be safe to call from two threads."""
 
-    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 max_wait_s: float = DEFAULT_MAX_BATCH_WAIT_MS / 1000):
+    def __init__(self, forward: Callable[[Any], Sequence[Any]], max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 max_wait_s: float = DEFAULT_MAX_BATCH_WAIT_MS / 1000,
+                 join: Callable[[list[Any]], Any] = _join_arrays, counters: tuple[Counter, Counter] | None = None,
+                 name: str = "forward"):
         if max_batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch_size={max_batch_size} and max_wait_s={max_wait_s}: the batch size must be "
                              ">= 1 and the wait >= 0; pass e.g. --max_batch_size 32 --max_batch_wait_ms 10")
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.passes = 0          # forward passes run, and the inputs they embedded: for tests and logs
+        self.join = join
+        self.counters = counters or (FORWARD_PASSES, BATCHED_INPUTS)
+        self.name = name
+        self.passes = 0          # passes run, and the inputs they took: for tests and logs
         self.inputs = 0
         # One pass at a time: TensorFlow already spreads a pass over the cores, and passes in parallel would
         # only compete for them.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="arcface-forward")
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"arcface-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _start(self) -> None:
@@ -126,10 +145,10 @@ class MicroBatcher:
         self._loop = loop
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._arrived = asyncio.Event()
-        self._worker = loop.create_task(self._run(), name="arcface-micro-batcher")
+        self._worker = loop.create_task(self._run(), name=f"arcface-{self.name}-batcher")
 
-    async def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        """The forward pass's rows for ``inputs`` [N, S, S, 3], computed together with other callers' inputs."""
+    async def __call__(self, inputs: Sequence[Any]) -> Sequence[Any]:
+        """The pass's rows for ``inputs`` (N of them), computed together with other callers' inputs."""
         self._start()
         waiting = _Waiting(inputs, self._loop.create_future())
         self._queue.append(waiting)
@@ -173,13 +192,13 @@ class MicroBatcher:
         return batch
 
     async def _forward(self, batch: list[_Waiting]) -> None:
-        inputs = np.concatenate([w.inputs for w in batch])
+        inputs = self.join([w.inputs for w in batch])
         try:
             rows = await self._loop.run_in_executor(self._executor, self._pass, inputs)
         except Exception as e:  # every caller in the pass gets the error; the worker goes on with the next pass
             for waiting in batch:
                 if not waiting.future.done():
-                    waiting.future.set_exception(InferenceError(f"the forward pass failed: {e}"))
+                    waiting.future.set_exception(InferenceError(f"the {self.name} pass failed: {e}"))
             return
         start = 0
         for waiting in batch:
@@ -187,12 +206,17 @@ class MicroBatcher:
                 waiting.future.set_result(rows[start:start + len(waiting.inputs)])
             start += len(waiting.inputs)
 
-    def _pass(self, inputs: np.ndarray) -> np.ndarray:
+    def _pass(self, inputs: Sequence[Any]) -> Sequence[Any]:
         self.passes += 1
         self.inputs += len(inputs)
-        FORWARD_PASSES.inc()
-        BATCHED_INPUTS.inc(len(inputs))
-        return np.asarray(self.forward(inputs), dtype=np.float32)
+        passes, taken = self.counters
+        passes.inc()
+        taken.inc(len(inputs))
+        return self.forward(inputs)
+
+
+def _forward_rows(forward: Callable[[np.ndarray], Any], inputs: np.ndarray) -> np.ndarray:
+    return np.asarray(forward(inputs), dtype=np.float32)
 
 
 def overloaded(queued: int, max_queue: int) -> HTTPException:
@@ -265,6 +289,7 @@ class ArcFaceModel(kserve.Model):
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS,
                  max_queue: int = DEFAULT_MAX_QUEUE):
         super().__init__(name)
+        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_on_no_face(on_no_face)
         if max_queue < max_instances:
             raise ValueError(f"--max_queue {max_queue} is below --max_instances {max_instances}: a full request "
@@ -274,6 +299,7 @@ class ArcFaceModel(kserve.Model):
         self.max_queue = max_queue
         self.queued = 0  # images admitted and not yet answered
         self.batcher: MicroBatcher | None = None
+        self.detector: MicroBatcher | None = None
         self.model_path = model_path
         self.index_path = index_path
         self.max_instances = max_instances
@@ -284,12 +310,22 @@ class ArcFaceModel(kserve.Model):
         self.index: GalleryIndex | None = None
         self.dimension = 0
 
+    def __reduce__(self):
+        # KServe's --workers N starts each worker process with multiprocessing's spawn, which pickles the
+        # registered models; a TensorFlow model does not pickle, so a worker loads its own copy from the files.
+        return _loaded_model, (self._arguments,)
+
     def load(self) -> bool:
         self.model = load_model(self.model_path)
         embedder = self.model.embedder  # the embedding size, for the v2 rows of faceless instances
         self.dimension = int(embedder.forward(np.zeros((1, embedder.image_size, embedder.image_size, 3),
                                                        np.float32)).shape[-1])
-        self.batcher = MicroBatcher(embedder.forward, self.max_batch_size, self.max_batch_wait_ms / 1000)
+        wait_s = self.max_batch_wait_ms / 1000
+        self.batcher = MicroBatcher(functools.partial(_forward_rows, embedder.forward), self.max_batch_size, wait_s)
+        # Photos of concurrent requests meet in one detector call too (MTCNN batches photos of one size).
+        self.detector = None if embedder.align == "none" else MicroBatcher(
+            embedder.detect, self.max_batch_size, wait_s, join=_join_lists,
+            counters=(DETECTOR_PASSES, DETECTED_PHOTOS), name="detector")
         if self.index_path:
             self.index = GalleryIndex.load(self.index_path)
             self.index.check_model(self.model.model_id, what=f"the served model {self.model_path}")
@@ -362,12 +398,16 @@ class ArcFaceModel(kserve.Model):
 
     # -- Task -> results -----------------------------------------------------------------------------
     async def _prepare(self, images: list[bytes], field: str) -> Prepared:
-        """Decode (and align) in a worker thread, so the event loop goes on accepting and batching; a bad photo
-        is this request's 400 and never reaches the shared queue."""
+        """Decode each photo once, in a worker thread (so the event loop goes on accepting and batching); find
+        the faces together with other requests' photos; crop or warp each face into its model input. A bad
+        photo is this request's 400 and never reaches a shared queue."""
+        embedder, loop = self.model.embedder, asyncio.get_running_loop()
         names = [f"{field}[{i}]" for i in range(len(images))]
-        prepare = functools.partial(self.model.embedder.prepare, images, names, self.on_no_face)
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, prepare)
+            decoded = await loop.run_in_executor(None, embedder.decode, images, names)
+            faces = None if self.detector is None else await self.detector(decoded)
+            prepare = functools.partial(embedder.prepare_decoded, decoded, names, faces, self.on_no_face)
+            return await loop.run_in_executor(None, prepare)
         except EmbeddingError as e:
             raise InvalidInput(str(e)) from None
 
@@ -468,6 +508,12 @@ class ArcFaceModel(kserve.Model):
         return InferResponse(task.v2_request.id or "", self.name, outputs)
 
 
+def _loaded_model(arguments: dict[str, Any]) -> ArcFaceModel:
+    model = ArcFaceModel(**arguments)
+    model.load()
+    return model
+
+
 def _errors(embedded: Embedded) -> dict[int, NoFace]:
     return {problem.index: problem for problem in embedded.skipped}
 
@@ -487,7 +533,9 @@ class HostModelServer(kserve.ModelServer):
         self.host = host
 
     def setup_event_loop(self) -> None:
-        rest = getattr(self, "_rest_server", None)
+        # --workers N: the parent binds the socket (RESTServerMultiProcess.start) from its RESTServer's config.
+        multiprocess = getattr(self, "_rest_multiprocess_server", None)
+        rest = getattr(multiprocess, "_rest_server", None) or getattr(self, "_rest_server", None)
         if rest is None or not hasattr(rest, "config"):  # a KServe that builds its server otherwise: refuse, not 0.0.0.0
             from importlib.metadata import version
 
@@ -501,7 +549,8 @@ class HostModelServer(kserve.ModelServer):
 def serve(model_path: str, name: str = DEFAULT_NAME, http_port: int = 8080, index_path: str | None = None,
           max_instances: int = DEFAULT_MAX_INSTANCES, grpc_port: int | None = None, host: str = DEFAULT_HOST,
           on_no_face: str = "skip", return_paths: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-          max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+          max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS, max_queue: int = DEFAULT_MAX_QUEUE,
+          workers: int = DEFAULT_WORKERS) -> None:
     """Load the model (and index) and answer requests on ``host`` until stopped. The default, 127.0.0.1, serves
     this machine only: the server has no authentication of its own. In a cluster the container is started
     with ``--host 0.0.0.0`` and the ingress in front of it authenticates."""
@@ -514,5 +563,5 @@ def serve(model_path: str, name: str = DEFAULT_NAME, http_port: int = 8080, inde
                          max_batch_wait_ms=max_batch_wait_ms, max_queue=max_queue)
     model.load()
     server = HostModelServer(host, http_port=http_port, grpc_port=grpc_port or 8081,
-                             enable_grpc=grpc_port is not None, workers=1)
+                             enable_grpc=grpc_port is not None, workers=workers)
     server.start([model])

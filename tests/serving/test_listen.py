@@ -57,3 +57,25 @@ def test_search_answers_carry_identity_and_score_but_no_path(server, sample_dir)
 def test_grpc_on_loopback_is_refused_since_kserve_binds_it_to_every_interface(export_dir):
     with pytest.raises(ValueError, match="KServe's gRPC server always listens on every interface"):
         serve(str(export_dir), grpc_port=9000)
+
+
+def test_worker_processes_each_load_the_model_and_listen_on_loopback_only(export_dir, sample_dir, tmp_path):
+    """--workers 2 (KServe's multi-process server): the workers are spawned, so each unpickles the model by
+    loading it from its files; all of them share the parent's loopback socket and answer as one server does."""
+    from arcface.embedding import load_embedder
+
+    args = ["--model", str(export_dir), "--name", NAME, "--workers", "2"]
+    with running_server(args, tmp_path / "server.log") as (url, process):
+        workers = psutil.Process(process.pid).children(recursive=True)
+        serving = [p for p in workers if listening(p.pid)]
+        assert len(serving) == 2, [p.cmdline() for p in workers]
+        port = int(url.rsplit(":", 1)[1])
+        for pid in (process.pid, *(p.pid for p in serving)):
+            assert listening(pid) == {("127.0.0.1", port)}, (pid, listening(pid))
+        photo = sample_faces(sample_dir)[0]
+        body = {"instances": [{"image": base64.b64encode(Path(photo).read_bytes()).decode()}]}
+        answers = [requests.post(f"{url}/v1/models/{NAME}:predict", json=body, timeout=60) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        expected = load_embedder(export_dir).embed([photo])[0]
+        for answer in answers:
+            assert answer.json()["predictions"][0]["embedding"] == pytest.approx(expected.tolist(), abs=1e-6)

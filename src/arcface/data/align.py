@@ -260,13 +260,18 @@ def align_images(images: Sequence[np.ndarray], image_size: int = 112, detector: 
                  min_score: float = MIN_SCORE, min_face: int = MIN_FACE) -> list[Alignment]:
     """Detect (batched), choose and warp: one :class:`Alignment` per upright uint8 image."""
     detector = detector or default_detector()
-    results = []
-    for image, faces in zip(images, detector.detect(images), strict=True):
-        height, width = image.shape[:2]
-        face, findings = judge(faces, width, height, min_score, min_face)
-        crop = align_face(image, np.array(face.points), image_size) if face is not None else None
-        results.append(Alignment(crop, face, len(faces), findings))
-    return results
+    return [align_detected(image, faces, image_size, min_score, min_face)
+            for image, faces in zip(images, detector.detect(images), strict=True)]
+
+
+def align_detected(image: np.ndarray, faces: Sequence[Face], image_size: int = 112, min_score: float = MIN_SCORE,
+                   min_face: int = MIN_FACE) -> Alignment:
+    """Choose among the faces detected in ``image`` and warp the chosen one: a server detects many requests'
+    photos in one detector call, then finishes each photo here."""
+    height, width = image.shape[:2]
+    face, findings = judge(faces, width, height, min_score, min_face)
+    crop = align_face(image, np.array(face.points), image_size) if face is not None else None
+    return Alignment(crop, face, len(faces), findings)
 
 
 _DETECTOR: MtcnnDetector | None = None
@@ -291,28 +296,35 @@ def encode_png(crop: np.ndarray) -> bytes:
 def aligned_model_inputs(contents: Sequence[bytes], names: Sequence[str], image_size: int, center_crop: float = 1.0,
                          *, whole_image_fallback: bool = False,
                          error: Callable[[str], Exception] = DataError) -> tuple[np.ndarray, dict[str, str]]:
-    """Encoded photos -> the model inputs [N, S, S, 3] of their aligned crops, through ``model_input`` as in
-    training (the crop encoded losslessly, then decoded and normalized exactly as the align step's crops are).
+    """Encoded photos -> the model inputs [N, S, S, 3] of their aligned crops, as in training: see
+    :func:`inputs_from_alignments`."""
+    images = [upright_image(c) for c in contents]
+    return inputs_from_alignments(images, align_images(images, image_size), names, image_size, center_crop,
+                                  whole_image_fallback=whole_image_fallback, error=error)
+
+
+def inputs_from_alignments(images: Sequence[np.ndarray], alignments: Sequence[Alignment], names: Sequence[str],
+                           image_size: int, center_crop: float = 1.0, *, whole_image_fallback: bool = False,
+                           error: Callable[[str], Exception] = DataError) -> tuple[np.ndarray, dict[str, str]]:
+    """Upright photos and their alignments -> the model inputs [N, S, S, 3]: each crop through the pixels of
+    ``model_input``, so equal to what training reads from the align step's lossless PNG of it.
 
     A photo whose face is excluded raises ``error`` naming the file, the finding and the fix; with
     ``whole_image_fallback`` it is fed whole instead (as with --align none) and returned in the second value,
     {name: 'code: message'}, so the caller reports it.
     """
-    import tensorflow as tf
+    from arcface.data.preprocess import decoded_model_input
 
-    from arcface.data.preprocess import model_input
-
-    results = align_images([upright_image(c) for c in contents], image_size)
     inputs, not_aligned = [], {}
-    for name, raw, result in zip(names, contents, results, strict=True):
+    for name, image, result in zip(names, images, alignments, strict=True):
         if not result.usable:
             code, message = result.findings[-1]
             if not whole_image_fallback:
                 raise error(f"{name}: {code}: {message}; {CODES[code][2]} (or pass --align none to use the "
                             "whole image)")
             not_aligned[name] = f"{code}: {message}"
-        encoded = encode_png(result.crop) if result.usable else raw
-        inputs.append(model_input(tf.constant(encoded), image_size, center_crop).numpy())
+        source = result.crop if result.usable else image
+        inputs.append(decoded_model_input(source, image_size, center_crop).numpy())
     return np.stack(inputs), not_aligned
 
 

@@ -19,6 +19,7 @@ The stages, each its own function:
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from arcface.artifacts import NORMALIZATION
@@ -181,9 +182,19 @@ def face_pixels(contents: tf.Tensor, image_size: int, center_crop: float = 1.0,
     contents = tf.convert_to_tensor(contents, tf.string)
     if orientation is None:
         orientation = exif_orientation(contents)
-    image = apply_orientation(decode_image(contents), orientation)
+    return upright_face_pixels(apply_orientation(decode_image(contents), orientation), image_size, center_crop)
+
+
+def upright_face_pixels(image: tf.Tensor, image_size: int, center_crop: float = 1.0) -> tf.Tensor:
+    """An upright uint8 ``[H, W, 3]`` image (already decoded) -> :func:`face_pixels`'s uint8 ``[S, S, 3]``."""
     resized = crop_and_resize(image, image_size, center_crop)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def decoded_model_input(image: tf.Tensor | np.ndarray, image_size: int, center_crop: float = 1.0) -> tf.Tensor:
+    """An upright uint8 ``[H, W, 3]`` image -> :func:`model_input`'s tensor, for an entrance that decoded the
+    photo once already (to find the face in it): the same pixels as ``model_input`` of its lossless encoding."""
+    return normalize(upright_face_pixels(tf.convert_to_tensor(image, tf.uint8), image_size, center_crop))
 
 
 def model_input(contents: tf.Tensor, image_size: int, center_crop: float = 1.0,
