@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 HEAD_INITS = ("mean_embedding", "random")
 HEAD_FILE = ModelDir.HEAD_FILE
+# Faces an .onnx start's BatchNorm statistics are measured on: a few hundred settle them (arcface import's advice).
+ONNX_CALIBRATION_IMAGES = 256
 
 
 class StartError(ValueError):
@@ -67,7 +69,7 @@ class StartingPoint:
     """A resolved ``--init_from``: the model file whose backbone loads, and what is known about it."""
 
     given: str
-    model_file: str  # .keras (a training or an embedding model) or .h5 weights
+    model_file: str  # .keras (a training or an embedding model), .h5 weights, or an insightface .onnx
     sha256: str
     head: Head | None = None  # None: no rows to keep (every identity starts fresh)
     class_names: tuple[str, ...] | None = None  # the source's identities where known (with or without rows)
@@ -93,7 +95,8 @@ def resolve(given: str, *, model_store: str = "", model_name: str = "arcface") -
     path = os.path.abspath(os.path.expanduser(given))
     if not os.path.exists(path):
         raise StartError(f"--init_from={given!r}: {path} does not exist; pass a run's save_path, an export "
-                         f"folder, a model store version, a .keras or .h5 file, or '{CHAMPION}' with --model_store")
+                         f"folder, a model store version, a .keras, .h5 or insightface .onnx file, or '{CHAMPION}' with "
+                         "--model_store")
     if os.path.isdir(path):
         return _from_folder(given, path)
     return _from_file(given, path, folder_metadata=_sibling_metadata(path))
@@ -143,10 +146,9 @@ def _from_folder(given: str, folder: str) -> StartingPoint:
 def _from_file(given: str, path: str, folder_metadata: dict[str, Any]) -> StartingPoint:
     from arcface.artifacts import file_sha256
 
-    if not path.endswith((".keras", ".h5")):
-        raise StartError(f"--init_from={given!r}: {path} is neither a .keras model nor .h5 weights; pass one "
-                         "of those, a run's save_path or an export folder (import an insightface .onnx model "
-                         "with `arcface import` first)")
+    if not path.endswith((".keras", ".h5", ".onnx")):
+        raise StartError(f"--init_from={given!r}: {path} is neither a .keras model, .h5 weights nor an insightface "
+                         ".onnx model; pass one of those, a run's save_path or an export folder")
     names = folder_metadata.get("class_names")
     return StartingPoint(given=given, model_file=path, sha256=file_sha256(path),
                          class_names=tuple(names) if isinstance(names, list) else None,
@@ -246,6 +248,8 @@ def start_trainer(trainer, start: StartingPoint) -> str:
     """Load ``start`` into a built Trainer (its backbone, then its head's rows by class name); the log line."""
     if start.model_file.endswith(".h5"):
         return _start_from_weights_file(trainer, start)
+    if start.model_file.endswith(".onnx"):
+        return _start_from_onnx(trainer, start)
     import keras
 
     from arcface.artifacts import load_keras
@@ -267,8 +271,9 @@ def start_trainer(trainer, start: StartingPoint) -> str:
         raise StartError(f"{start.model_file}: its head has {head.centers.shape[0]} rows for "
                          f"{len(head.class_names)} class names; the source is inconsistent: start from another")
     if head is None:
-        log.warning("%s: the source holds no class names with head rows (an export without %s, or a bare "
-                    "file), so every identity's head row starts fresh", start.model_file, HEAD_FILE)
+        log.warning("--init_from %s: the source holds no class names with head rows (an export without %s, a "
+                    "bare file, an insightface model), so every identity's head row starts fresh", start.given,
+                    HEAD_FILE)
     names = list(trainer.class_names)
     fresh = head_rows_of(trainer.head)
     known = set(head.class_names) if head is not None else set()
@@ -309,6 +314,34 @@ def _start_from_weights_file(trainer, start: StartingPoint) -> str:
         return (f"loaded the backbone from {start.model_file}; the head's shape differs (another n_classes), so "
                 "it was re-initialized")
     return f"loaded backbone and head from {start.model_file}"
+
+
+def _start_from_onnx(trainer, start: StartingPoint) -> str:
+    """An insightface .onnx file: imported as `arcface import` does (checked against onnxruntime), its folded
+    BatchNorms calibrated on this run's training faces, so the first steps in training mode compute what the
+    file computes; then started from like any model folder. The import is a scratch folder: the run records
+    the .onnx file and its sha256 as where it started."""
+    import tempfile
+
+    from arcface.models.insightface import MIN_CALIBRATION_IMAGES, InsightfaceImportError, import_onnx
+
+    faces = trainer.manifest.absolute_paths("train")[:ONNX_CALIBRATION_IMAGES]
+    if len(faces) < MIN_CALIBRATION_IMAGES:
+        log.warning("%s: only %d training images, fewer than the %d its BatchNorm statistics need: those layers "
+                    "start as the identity", start.model_file, len(faces), MIN_CALIBRATION_IMAGES)
+    with tempfile.TemporaryDirectory(prefix="arcface-import-") as scratch:
+        folder = os.path.join(scratch, "imported")
+        try:
+            result = import_onnx(start.model_file, folder,
+                                 calibration_images=faces if len(faces) >= MIN_CALIBRATION_IMAGES else None)
+        except InsightfaceImportError as e:
+            raise StartError(f"--init_from={start.given!r}: {e}") from None
+        line = start_trainer(trainer, _from_folder(start.given, folder))
+    _, _, loaded = line.partition("): ")  # what was loaded, said of the scratch folder's model
+    calibrated = f"{len(faces)} training faces" if len(faces) >= MIN_CALIBRATION_IMAGES else "none (identity)"
+    return (f"starting from {start.model_file} (sha256 {start.sha256[:12]}; imported as {result.backbone}, lowest "
+            f"cosine to onnxruntime {result.parity['min_cosine']:.7f}, BatchNorm statistics from {calibrated}): "
+            f"{loaded}")
 
 
 def pipeline_init_from(init_from: str, model_store: str, model_name: str, warm_start: bool) -> str:
