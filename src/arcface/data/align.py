@@ -403,46 +403,17 @@ def align_manifest(manifest: Manifest, output_dir: str, *, image_size: int = 112
     started = time.perf_counter()
     detector = detector or default_detector()
     wanted = settings(image_size, detector)
-    for split, root in manifest.roots.items():
-        out, real = os.path.realpath(output_dir), os.path.realpath(root)
-        if out == real or out.startswith(real + os.sep):
-            raise DataError(f"output folder {output_dir} is inside the {split} data folder {root}: alignment never "
-                            "writes into the dataset. Pass an output folder outside it")
+    _check_output_outside_data(manifest, output_dir)
     cached, cache_crops = _cached_records(cache_dir, wanted)
     crops_dir = AlignedDir.crops_dir(output_dir)
     os.makedirs(crops_dir, exist_ok=True)
-
     sources = {split: dict(zip((r.path for r in manifest.split(split)), manifest.absolute_paths(split),
                                strict=True)) for split in manifest.roots}
-    records: dict[str, dict[str, Any]] = {}
+    records = _reuse_cached(manifest, cached, cache_crops, crops_dir, sources)
+    reused = len(records)
     todo = [row for row in manifest.rows if row.sha256 not in cached]
-    reused = 0
-    for row in manifest.rows:
-        if row.sha256 in cached:
-            record = {**cached[row.sha256], "source": sources[row.split][row.path]}
-            if record["crop"]:
-                target = os.path.join(crops_dir, record["crop"])
-                if not os.path.isfile(target):
-                    with open(os.path.join(cache_crops, record["crop"]), "rb") as f:
-                        _write_file(target, f.read())
-            records[row.sha256] = record
-            reused += 1
     for start in range(0, len(todo), batch):
-        rows = todo[start:start + batch]
-        images = []
-        for row in rows:
-            with open(sources[row.split][row.path], "rb") as f:  # read-only; the bytes validation hashed
-                contents = f.read()
-            if hashlib.sha256(contents).hexdigest() != row.sha256:
-                raise DataError(f"{sources[row.split][row.path]} changed since validation (its sha256 differs "
-                                "from the manifest's); run the validate step again")
-            images.append(upright_image(contents, row.orientation))
-        for row, result in zip(rows, align_images(images, image_size, detector), strict=True):
-            name = None
-            if result.usable:
-                name = f"{row.sha256[:2]}/{row.sha256}.png"
-                _write_file(os.path.join(crops_dir, name), encode_png(result.crop))
-            records[row.sha256] = _record(sources[row.split][row.path], row.sha256, result, name)
+        _align_rows(todo[start:start + batch], sources, image_size, detector, crops_dir, records)
         log.info("aligned %d/%d images", min(start + batch, len(todo)), len(todo))
 
     result = _aligned_result(manifest, records, wanted, output_dir, strict, n_classes, started,
@@ -453,52 +424,64 @@ def align_manifest(manifest: Manifest, output_dir: str, *, image_size: int = 112
     return result
 
 
+def _check_output_outside_data(manifest: Manifest, output_dir: str) -> None:
+    for split, root in manifest.roots.items():
+        out, real = os.path.realpath(output_dir), os.path.realpath(root)
+        if out == real or out.startswith(real + os.sep):
+            raise DataError(f"output folder {output_dir} is inside the {split} data folder {root}: alignment never "
+                            "writes into the dataset. Pass an output folder outside it")
+
+
+def _reuse_cached(manifest: Manifest, cached: dict[str, dict[str, Any]], cache_crops: str | None, crops_dir: str,
+                  sources: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """The records (and crops, copied into ``crops_dir``) of the rows whose contents were aligned before."""
+    records = {}
+    for row in manifest.rows:
+        if row.sha256 in cached:
+            record = {**cached[row.sha256], "source": sources[row.split][row.path]}
+            if record["crop"]:
+                target = os.path.join(crops_dir, record["crop"])
+                if not os.path.isfile(target):
+                    with open(os.path.join(cache_crops, record["crop"]), "rb") as f:
+                        _write_file(target, f.read())
+            records[row.sha256] = record
+    return records
+
+
+def _align_rows(rows: list[ManifestRow], sources: dict[str, dict[str, str]], image_size: int,
+                detector: MtcnnDetector, crops_dir: str, records: dict[str, dict[str, Any]]) -> None:
+    """Detect and warp one batch of rows (the files only read, and checked against validation's sha256)."""
+    images = []
+    for row in rows:
+        with open(sources[row.split][row.path], "rb") as f:
+            contents = f.read()
+        if hashlib.sha256(contents).hexdigest() != row.sha256:
+            raise DataError(f"{sources[row.split][row.path]} changed since validation (its sha256 differs "
+                            "from the manifest's); run the validate step again")
+        images.append(upright_image(contents, row.orientation))
+    for row, result in zip(rows, align_images(images, image_size, detector), strict=True):
+        name = None
+        if result.usable:
+            name = f"{row.sha256[:2]}/{row.sha256}.png"
+            _write_file(os.path.join(crops_dir, name), encode_png(result.crop))
+        records[row.sha256] = _record(sources[row.split][row.path], row.sha256, result, name)
+
+
 def _aligned_result(manifest: Manifest, records: dict[str, dict[str, Any]], wanted: dict[str, Any], output_dir: str,
                     strict: bool, n_classes: int | None, started: float, aligned: int, reused: int) -> AlignResult:
     from arcface.contracts import AlignedDir
 
-    crops_dir = AlignedDir.crops_dir(output_dir)
-    findings: list[Finding] = []
-    per_identity: dict[str, Counter] = defaultdict(Counter)
-    kept: list[ManifestRow] = []
-    for row in manifest.rows:
-        record = records[row.sha256]
-        for code, message in record["findings"]:
-            findings.append(_finding(code, record["source"], message))
-            per_identity[row.identity][code] += 1
-        if record["crop"]:
-            size = wanted["image_size"]
-            with open(os.path.join(crops_dir, record["crop"]), "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            kept.append(ManifestRow(path=record["crop"], identity=row.identity, split=row.split, width=size,
-                                    height=size, sha256=digest))
+    findings, per_identity, kept = _findings_and_crops(manifest, records, wanted["image_size"],
+                                                       AlignedDir.crops_dir(output_dir))
     train_left = {r.identity for r in kept if r.split == "train"}
     class_names = [name for name in manifest.class_names if name in train_left]
-    for split in manifest.roots:
-        before = Counter(r.identity for r in manifest.split(split))
-        after = Counter(r.identity for r in kept if r.split == split)
-        for identity in sorted(before):
-            if after[identity] == 0 and (split == "train" or identity in class_names):
-                what = "it is no longer a class" if split == "train" else "its accuracy is not measured"
-                findings.append(_finding("empty_identity", os.path.join(manifest.roots[split], identity),
-                                         f"identity {identity!r} in the {split} split: none of its "
-                                         f"{before[identity]} image(s) could be aligned; {what}"))
-                per_identity[identity]["empty_identity"] += 1
+    findings += _emptied_identities(manifest, kept, class_names, per_identity)
     kept = [r for r in kept if r.identity in class_names]
-    aligned_manifest = Manifest(rows=kept, roots={split: crops_dir for split in manifest.roots},
+    aligned_manifest = Manifest(rows=kept, roots={split: AlignedDir.crops_dir(output_dir) for split in manifest.roots},
                                 class_names=class_names,
                                 alignment={k: wanted[k] for k in ("method", "detector", "template", "image_size")})
     errors = [f for f in findings if f.severity == "error"]
-    fatal = [f"the {split} split has no aligned images left" for split in manifest.roots
-             if not aligned_manifest.split(split)]
-    if n_classes is not None and n_classes != len(class_names):
-        fatal.append(f"--n_classes={n_classes} but {len(class_names)} identities have aligned training images; "
-                     f"pass --n_classes={len(class_names)}, or add photos where the face is found")
-    if fatal or (strict and errors):
-        problems = [f"{f.code}: {f.path}: {f.message} (fix: {CODES[f.code][2]})" for f in errors] if strict else []
-        header = "alignment failed strict mode" if strict and errors else "the aligned dataset cannot be used"
-        raise DataError(f"{header}:\n  - " + "\n  - ".join(fatal + problems)
-                        + ("\n(run without --strict to exclude these images with a warning)" if problems else ""))
+    _refuse_unusable(manifest, aligned_manifest, class_names, n_classes, errors if strict else None)
     elapsed = time.perf_counter() - started
     counts = {split: {"files_seen": len(manifest.split(split)), "images": len(aligned_manifest.split(split)),
                       "identities": len(aligned_manifest.identities(split)),
@@ -515,6 +498,57 @@ def _aligned_result(manifest: Manifest, records: dict[str, dict[str, Any]], want
         "files_per_second": round(len(manifest.rows) / elapsed, 1) if elapsed > 0 else None,
     }
     return AlignResult(aligned_manifest, {"settings": wanted, "images": records}, report, not errors, aligned, reused)
+
+
+def _findings_and_crops(manifest: Manifest, records: dict[str, dict[str, Any]], size: int, crops_dir: str
+                        ) -> tuple[list[Finding], dict[str, Counter], list[ManifestRow]]:
+    """Each row's findings (counted per identity too), and a manifest row for each crop."""
+    findings: list[Finding] = []
+    per_identity: dict[str, Counter] = defaultdict(Counter)
+    kept: list[ManifestRow] = []
+    for row in manifest.rows:
+        record = records[row.sha256]
+        for code, message in record["findings"]:
+            findings.append(_finding(code, record["source"], message))
+            per_identity[row.identity][code] += 1
+        if record["crop"]:
+            with open(os.path.join(crops_dir, record["crop"]), "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            kept.append(ManifestRow(path=record["crop"], identity=row.identity, split=row.split, width=size,
+                                    height=size, sha256=digest))
+    return findings, per_identity, kept
+
+
+def _emptied_identities(manifest: Manifest, kept: list[ManifestRow], class_names: list[str],
+                        per_identity: dict[str, Counter]) -> list[Finding]:
+    """A finding for each identity of a split none of whose images could be aligned."""
+    findings = []
+    for split in manifest.roots:
+        before = Counter(r.identity for r in manifest.split(split))
+        after = Counter(r.identity for r in kept if r.split == split)
+        for identity in sorted(before):
+            if after[identity] == 0 and (split == "train" or identity in class_names):
+                what = "it is no longer a class" if split == "train" else "its accuracy is not measured"
+                findings.append(_finding("empty_identity", os.path.join(manifest.roots[split], identity),
+                                         f"identity {identity!r} in the {split} split: none of its "
+                                         f"{before[identity]} image(s) could be aligned; {what}"))
+                per_identity[identity]["empty_identity"] += 1
+    return findings
+
+
+def _refuse_unusable(manifest: Manifest, aligned: Manifest, class_names: list[str], n_classes: int | None,
+                     strict_errors: list[Finding] | None) -> None:
+    """DataError when the aligned data cannot train (an empty split, another class count), or, in strict mode
+    (``strict_errors`` not None), when any image was excluded."""
+    fatal = [f"the {split} split has no aligned images left" for split in manifest.roots if not aligned.split(split)]
+    if n_classes is not None and n_classes != len(class_names):
+        fatal.append(f"--n_classes={n_classes} but {len(class_names)} identities have aligned training images; "
+                     f"pass --n_classes={len(class_names)}, or add photos where the face is found")
+    if fatal or strict_errors:
+        problems = [f"{f.code}: {f.path}: {f.message} (fix: {CODES[f.code][2]})" for f in strict_errors or []]
+        header = "alignment failed strict mode" if strict_errors else "the aligned dataset cannot be used"
+        raise DataError(f"{header}:\n  - " + "\n  - ".join(fatal + problems)
+                        + ("\n(run without --strict to exclude these images with a warning)" if problems else ""))
 
 
 def run_alignment(manifest_dir: str, output_dir: str, *, method: str = "mtcnn", image_size: int = 112,
