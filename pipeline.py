@@ -1,4 +1,7 @@
-"""The ArcFace Kubeflow pipeline (validate -> train -> evaluate -> quality gate -> export) and its commands.
+"""The ArcFace Kubeflow pipeline and its commands.
+
+The pipeline: validate -> align -> train (or a TFJob launcher with --workers N) -> evaluate -> quality gate ->
+export -> promote, the last two only when the gate passes, and a final step that reports how the run ended.
 
     python pipeline.py compile [--output arcface_pipeline.yaml] [--gpu nvidia.com/gpu --gpu-count 1]
                                [--node-selector K=V] [--toleration KEY[=VALUE]:EFFECT] [--pvc NAME --pvc-mount /data]

@@ -62,8 +62,6 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "quantize": (str, "none", "none, float16 or dynamic (adds a quantized TFLite file)"),
 }
 
-#: ``run --local`` defaults: a small model that runs the whole DAG on the bundled sample in a few minutes on a
-
 
 # Step settings. Caching is off everywhere: validate and the gate read things their cache key cannot see (the
 # images under data_root, the champion in model_store), training must never be skipped, evaluate/export/promote

@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 from components.dag import PIPELINE_NAME, DeployOptions, build_pipeline, config_file_params, parse_params
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The root of this checkout, which holds the bundled sample (not an image repository: see components.common).
+CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: ``run --local`` defaults: a small model that runs the whole DAG on the bundled sample in a few minutes on a
 #: 2-core CPU. Overridden by --config, --data and --param; ``--no-preset`` runs the pipeline's own defaults.
@@ -28,7 +29,7 @@ LOCAL_PRESET: dict[str, Any] = {
     "backbone": "MobileFaceNet", "image_size": 64, "embedding_size": 128, "epochs": 12, "batch_size": 16,
     "lr": 0.05, "warmup_epochs": 1.0, "enhance": 32.0, "accuracy_threshold": 0.5,
 }
-DEFAULT_LOCAL_DATA = os.path.join(REPOSITORY, "sample", "orl")
+DEFAULT_LOCAL_DATA = os.path.join(CHECKOUT_DIR, "sample", "orl")
 LOG_FILE = "run.log"
 SUMMARY_FILE = "summary.json"
 

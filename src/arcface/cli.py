@@ -134,17 +134,33 @@ def _serve(args) -> int:
     serve(args.model, name=args.name, http_port=args.http_port, index_path=args.index,
           max_instances=args.max_instances, grpc_port=args.grpc_port, host=args.host, on_no_face=args.on_no_face,
           return_paths=args.return_paths, max_batch_size=args.max_batch_size,
-          max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue)
+          max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue, workers=args.workers)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from arcface import __version__
-    from arcface import config as cfg
 
     parser = argparse.ArgumentParser(prog="arcface", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    # In the order `arcface --help` lists the commands.
+    _add_train(sub)
+    _add_validate(sub)
+    _add_align(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    _add_embed(sub)
+    _add_compare(sub)
+    _add_search(sub)
+    _add_enroll(sub)
+    _add_import(sub)
+    _add_serve(sub)
+    return parser
+
+
+def _add_train(sub) -> None:
+    from arcface import config as cfg
 
     p = sub.add_parser("train", help="train an ArcFace model (the original train.py flags)")
     cfg.add_arguments(p)
@@ -154,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name", default="arcface", help="the model's folder in --model_store")
     p.set_defaults(run=_train)
 
+
+def _add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a train/validation face folder tree and write a manifest")
     p.add_argument("--train_data", default="./")
     p.add_argument("--validation_data", default="./")
@@ -163,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on any problem instead of excluding the files")
     p.set_defaults(run=_validate)
 
+
+def _add_align(sub) -> None:
     p = sub.add_parser("align", help="find each face and warp it onto the ArcFace 5-point template")
     p.add_argument("--manifest", required=True, help="the output folder of `arcface validate` (or its manifest)")
     p.add_argument("--output_dir", required=True, help="where the crops, manifest.json and the report go")
@@ -173,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail when any image is excluded")
     p.set_defaults(run=_align)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="closed-set accuracy and face verification of a trained model")
     p.add_argument("--model", required=True, help="a training run's save_path")
     p.add_argument("--manifest", required=True)
@@ -184,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP + " (pairs files)")
     p.set_defaults(run=_evaluate)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="SavedModel, .keras, TFLite and ONNX, each checked for parity")
     p.add_argument("--model", required=True)
     p.add_argument("--output_dir", required=True)
@@ -192,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="metrics.json of the evaluation step, for the model card")
     p.set_defaults(run=_export)
 
+
+def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="write the embeddings of face images")
     p.add_argument("--model", required=True)
     p.add_argument("images", nargs="+")
@@ -202,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=NO_FACE_HELP + f"; exit status {EXIT_SKIPPED} when any was skipped")
     p.set_defaults(run=_embed)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="similarity of two faces, and same/different at the evaluated threshold")
     p.add_argument("--model", required=True)
     p.add_argument("image_a")
@@ -213,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "whole image as the crop")
     p.set_defaults(run=_compare)
 
+
+def _add_search(sub) -> None:
     p = sub.add_parser("search", help="rank gallery identities (--gallery) or enrolled faces (--index) for a probe")
     p.add_argument("--model", help="required with --gallery; with --index, default: the model it was enrolled with")
     p.add_argument("--gallery", help="folder of <identity>/ image folders, embedded now")
@@ -225,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "The probe must show a face, unless whole")
     p.set_defaults(run=_search)
 
+
+def _add_enroll(sub) -> None:
     p = sub.add_parser("enroll", help="embed a gallery into a persistent index (new or changed images only)")
     p.add_argument("--model", required=True)
     p.add_argument("--gallery", required=True, help="folder of <identity>/ image folders")
@@ -237,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "was skipped")
     p.set_defaults(run=_enroll)
 
+
+def _add_import(sub) -> None:
     p = sub.add_parser("import", help="an insightface recognition model (.onnx, an arcface_torch IResNet) as a "
                                       "model folder to serve or fine-tune")
     p.add_argument("source", help="the .onnx file (e.g. w600k_r50.onnx of insightface's buffalo_l pack)")
@@ -249,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the identity)")
     p.set_defaults(run=_import)
 
+
+def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve the model with KServe's model server (v1 and v2 protocols)")
     p.add_argument("--model", required=True, help="an export folder or a model-store version folder")
     p.add_argument("--name", default="arcface", help="the model name in the URLs")
@@ -271,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_queue", type=_positive_int, default=128,
                    help="the most images admitted and not yet answered; past it a request gets 503 with "
                         "Retry-After (default 128, at least --max_instances)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="server processes, each with its own copy of the model and its own batches (KServe's "
+                        "--workers; default 1: measured on 2 cores, see benchmarks/README.md)")
     p.set_defaults(run=_serve)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

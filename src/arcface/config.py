@@ -58,7 +58,8 @@ class TrainConfig:
     batch_size: int = _field(10, "global batch size (split across replicas)")
     save_path: str = _field("./params", "where checkpoints, logs, the config and the models are written")
     init_from: str = _field("", "start from a model: 'champion' (the current version of --model_store), a run's "
-                                "save_path, an export folder, a store version, or a .keras/.h5 file; the head "
+                                "save_path, an export folder, a store version, a .keras/.h5 file, or an "
+                                "insightface .onnx; the head "
                                 "keeps the rows of the identities it knows, by name (empty: from scratch)",
                             aliases=("use_param_folder",))
     # --- model ---------------------------------------------------------------------------------------
@@ -269,85 +270,101 @@ def load_yaml(path: str | os.PathLike, base: TrainConfig | None = None) -> Train
         raise ConfigError(f"{path}: {e}") from None
 
 
-def _problems(c: TrainConfig) -> Iterable[str]:
-    def bad(name: str, allowed: str) -> str:
-        return f"--{name}={getattr(c, name)!r} is out of range: {allowed}"
+def _bad(c: TrainConfig, name: str, allowed: str) -> str:
+    return f"--{name}={getattr(c, name)!r} is out of range: {allowed}"
 
+
+def _problems(c: TrainConfig) -> Iterable[str]:
+    # validate() lists the problems in this order; the groups below are cut so as to keep it.
     for f in fields():
         choices = f.metadata.get("choices")
         if choices and getattr(c, f.name) not in choices:
             yield f"--{f.name}={getattr(c, f.name)!r} is unknown; choose one of: {', '.join(choices)}"
     if c.n_classes < 2:
-        yield bad("n_classes", "at least 2 identities are needed to learn to tell faces apart")
+        yield _bad(c, "n_classes", "at least 2 identities are needed to learn to tell faces apart")
     if c.epochs < 1:
-        yield bad("epochs", "must be >= 1")
+        yield _bad(c, "epochs", "must be >= 1")
     if not (math.isfinite(c.lr) and c.lr > 0):
-        yield bad("lr", "must be a finite number > 0")
+        yield _bad(c, "lr", "must be a finite number > 0")
+    yield from _margin_problems(c)
+    if not (math.isfinite(c.decay) and c.decay >= 0):
+        yield _bad(c, "decay", "weight decay must be >= 0")
+    if not 0 <= c.dropout < 1:
+        yield _bad(c, "dropout", "must be in [0, 1)")
+    if c.batch_size < 1:
+        yield _bad(c, "batch_size", "must be >= 1")
+    if not c.save_path:
+        yield _bad(c, "save_path", "needs a folder to write checkpoints and models to")
+    if not 32 <= c.image_size <= 1024:
+        yield _bad(c, "image_size", "must be in [32, 1024] pixels (the paper uses 112)")
+    if c.backbone == "VGG16" and c.image_size < 32:
+        yield _bad(c, "image_size", "VGG16 needs at least 32 pixels")
+    if not 2 <= c.embedding_size <= 8192:
+        yield _bad(c, "embedding_size", "must be in [2, 8192] (the paper uses 512)")
+    if not 0 < c.sample_rate <= 1:
+        yield _bad(c, "sample_rate", "must be in (0, 1]; 1.0 means the full softmax")
+    if c.sample_rate < 1 and c.margin == "softmax":
+        yield _bad(c, "sample_rate", "Partial-FC sampling needs a normalized margin head, not softmax")
+    if c.pretrained and c.backbone != "VGG16":
+        yield _bad(c, "pretrained", "ImageNet weights exist only for VGG16")
+    if not 0.2 <= c.center_crop <= 1:
+        yield _bad(c, "center_crop", "must be in [0.2, 1]")
+    if c.min_images < 1:
+        yield _bad(c, "min_images", "must be >= 1")
+    yield from _optimizer_problems(c)
+    yield from _run_problems(c)
+
+
+def _margin_problems(c: TrainConfig) -> Iterable[str]:
+    """The scale and the margins of the head, each in the range its margin allows."""
     if not (math.isfinite(c.enhance) and c.enhance > 0):
-        yield bad("enhance", "the scale s must be > 0 (the paper uses 64)")
+        yield _bad(c, "enhance", "the scale s must be > 0 (the paper uses 64)")
     if not math.isfinite(c.penalty):
-        yield bad("penalty", "must be a finite number")
+        yield _bad(c, "penalty", "must be a finite number")
     elif c.margin in ("arcface", "combined") and not 0 <= c.penalty < math.pi / 2:
-        yield bad("penalty", "the additive angular margin m must be in [0, pi/2) radians (the paper uses 0.5)")
+        yield _bad(c, "penalty", "the additive angular margin m must be in [0, pi/2) radians (the paper uses 0.5)")
     elif c.margin == "cosface" and not 0 <= c.penalty < 1:
-        yield bad("penalty", "the additive cosine margin must be in [0, 1) (CosFace uses 0.35)")
+        yield _bad(c, "penalty", "the additive cosine margin must be in [0, 1) (CosFace uses 0.35)")
     elif c.margin == "sphereface" and not 1 <= c.penalty <= 4:
-        yield bad("penalty", "the multiplicative angular margin must be in [1, 4] (SphereFace2 uses 1.35-1.7)")
+        yield _bad(c, "penalty", "the multiplicative angular margin must be in [1, 4] (SphereFace2 uses 1.35-1.7)")
     if c.margin == "combined":
         if not 1 <= c.margin_m1 <= 4:
-            yield bad("margin_m1", "must be in [1, 4]")
+            yield _bad(c, "margin_m1", "must be in [1, 4]")
         if not 0 <= c.margin_m3 < 1:
-            yield bad("margin_m3", "must be in [0, 1)")
-    if not (math.isfinite(c.decay) and c.decay >= 0):
-        yield bad("decay", "weight decay must be >= 0")
-    if not 0 <= c.dropout < 1:
-        yield bad("dropout", "must be in [0, 1)")
-    if c.batch_size < 1:
-        yield bad("batch_size", "must be >= 1")
-    if not c.save_path:
-        yield bad("save_path", "needs a folder to write checkpoints and models to")
-    if not 32 <= c.image_size <= 1024:
-        yield bad("image_size", "must be in [32, 1024] pixels (the paper uses 112)")
-    if c.backbone == "VGG16" and c.image_size < 32:
-        yield bad("image_size", "VGG16 needs at least 32 pixels")
-    if not 2 <= c.embedding_size <= 8192:
-        yield bad("embedding_size", "must be in [2, 8192] (the paper uses 512)")
-    if not 0 < c.sample_rate <= 1:
-        yield bad("sample_rate", "must be in (0, 1]; 1.0 means the full softmax")
-    if c.sample_rate < 1 and c.margin == "softmax":
-        yield bad("sample_rate", "Partial-FC sampling needs a normalized margin head, not softmax")
-    if c.pretrained and c.backbone != "VGG16":
-        yield bad("pretrained", "ImageNet weights exist only for VGG16")
-    if not 0.2 <= c.center_crop <= 1:
-        yield bad("center_crop", "must be in [0.2, 1]")
-    if c.min_images < 1:
-        yield bad("min_images", "must be >= 1")
+            yield _bad(c, "margin_m3", "must be in [0, 1)")
+
+
+def _optimizer_problems(c: TrainConfig) -> Iterable[str]:
     if not 0 <= c.momentum < 1:
-        yield bad("momentum", "must be in [0, 1)")
+        yield _bad(c, "momentum", "must be in [0, 1)")
     if c.warmup_epochs < 0:
-        yield bad("warmup_epochs", "must be >= 0")
+        yield _bad(c, "warmup_epochs", "must be >= 0")
     if c.clipnorm < 0:
-        yield bad("clipnorm", "must be >= 0 (0 disables clipping)")
+        yield _bad(c, "clipnorm", "must be >= 0 (0 disables clipping)")
     if c.backbone_clipnorm < 0:
-        yield bad("backbone_clipnorm", "must be >= 0 (0 disables clipping)")
+        yield _bad(c, "backbone_clipnorm", "must be >= 0 (0 disables clipping)")
     if not 0 <= c.label_smoothing < 1:
-        yield bad("label_smoothing", "must be in [0, 1)")
+        yield _bad(c, "label_smoothing", "must be in [0, 1)")
     if not (math.isfinite(c.backbone_lr_scale) and c.backbone_lr_scale >= 0):
-        yield bad("backbone_lr_scale", "must be >= 0 (1: the backbone trains at --lr, 0: frozen)")
+        yield _bad(c, "backbone_lr_scale", "must be >= 0 (1: the backbone trains at --lr, 0: frozen)")
     elif c.backbone_lr_scale != 1 and c.optimizer != "SGD":
-        yield bad("backbone_lr_scale", "works with --optimizer=SGD only (Adam's steps do not scale with the "
+        yield _bad(c, "backbone_lr_scale", "works with --optimizer=SGD only (Adam's steps do not scale with the "
                                        "gradient); use SGD, or leave it at 1")
+
+
+def _run_problems(c: TrainConfig) -> Iterable[str]:
+    """How the run is driven: its budget, checkpoints and precision."""
     if c.max_minutes < 0:
-        yield bad("max_minutes", "must be >= 0 (0 means no budget)")
+        yield _bad(c, "max_minutes", "must be >= 0 (0 means no budget)")
     if c.checkpoint_steps < 0:
-        yield bad("checkpoint_steps", "must be >= 0")
+        yield _bad(c, "checkpoint_steps", "must be >= 0")
     if c.steps_per_epoch < 0:
-        yield bad("steps_per_epoch", "must be >= 0")
+        yield _bad(c, "steps_per_epoch", "must be >= 0")
     if c.mixed_precision and c.precision not in ("float32", "auto"):
         yield (f"--mixed_precision means --precision=auto, which disagrees with --precision={c.precision!r}; "
                "give only one of the two (--precision alone says exactly what to use)")
     if c.checkpoint_key and not CHECKPOINT_KEY.fullmatch(c.checkpoint_key):
-        yield bad("checkpoint_key", "a folder name: letters, digits, '.', '_' and '-', not starting with '.'")
+        yield _bad(c, "checkpoint_key", "a folder name: letters, digits, '.', '_' and '-', not starting with '.'")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -243,10 +243,6 @@ class ModelDir:
             return {}
         return _load_json(path, "the train step (`arcface train`)")
 
-    @classmethod
-    def write_metadata(cls, folder: str | os.PathLike, metadata: dict[str, Any]) -> None:
-        atomic.write_json(os.path.join(folder, cls.METADATA_FILE), metadata)
-
 
 # ---------------------------------------------------------------------------------------------------
 # evaluate

@@ -451,6 +451,43 @@ def _publish(staging: str, output_dir: str, names: Sequence[str]) -> None:
         os.replace(os.path.join(staging, name), target)
 
 
+def _parity_images(check_images: list[str] | None, model_dir: str, metadata: dict[str, Any],
+                   image_size: int) -> tuple[str, list[str], list[bytes]]:
+    """The images the exports are compared on: where they come from, their names and their encoded bytes."""
+    if check_images:
+        names = _spread([str(p) for p in check_images], MAX_CHECK_IMAGES)
+        return "given", names, _read_check_images(names)
+    if names := _spread(_manifest_images(model_dir, metadata), MAX_CHECK_IMAGES):
+        return "manifest validation", names, _read_check_images(names)
+    encoded = _synthetic_encoded(image_size)
+    names = [f"synthetic-{i}.png" for i in range(len(encoded))]
+    log.warning("export: no check images given and no manifest found; checking parity on %d synthetic "
+                "images only (pass check_images=[face images] for a real check)", len(encoded))
+    return "synthetic", names, encoded
+
+
+def _write_and_check(formats: Sequence[str], module, model, staging: str, quantize: str, batch, encoded,
+                     expected: np.ndarray) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Each format written into ``staging`` and checked against the Keras model: its files, and the parity."""
+    files: dict[str, list[str]] = {}
+    parity: dict[str, dict[str, Any]] = {}
+    for name in formats:
+        start = time.perf_counter()
+        files[name] = _write_format(name, module, model, staging, quantize)
+        written = time.perf_counter()
+        try:
+            parity.update(_check_format(name, staging, quantize, batch, encoded, expected))
+        except ExportError:
+            raise
+        except Exception as e:  # the file does not even load or run in its own runtime
+            raise ExportError(f"{name}: the written file fails to load or run in its runtime "
+                              f"({type(e).__name__}: {e}); leave '{name}' out of formats to export the "
+                              "others, and report the backbone and versions") from e
+        log.info("export: %s written in %.1f s, checked in %.1f s", name, written - start,
+                 time.perf_counter() - written)
+    return files, parity
+
+
 def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
            quantize: str = "none", metrics_path: str | None = None,
            check_images: list[str] | None = None) -> dict[str, Any]:
@@ -478,16 +515,7 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
     image_size = trained.image_size
     center_crop = float(metadata.get("center_crop", trained.config.center_crop))
 
-    if check_images:
-        check_source, names = "given", _spread([str(p) for p in check_images], MAX_CHECK_IMAGES)
-        encoded = _read_check_images(names)
-    elif names := _spread(_manifest_images(model_dir, metadata), MAX_CHECK_IMAGES):
-        check_source, encoded = "manifest validation", _read_check_images(names)
-    else:
-        check_source, encoded = "synthetic", _synthetic_encoded(image_size)
-        names = [f"synthetic-{i}.png" for i in range(len(encoded))]
-        log.warning("export: no check images given and no manifest found; checking parity on %d synthetic "
-                    "images only (pass check_images=[face images] for a real check)", len(encoded))
+    check_source, names, encoded = _parity_images(check_images, model_dir, metadata, image_size)
     batch = _decode_batch(encoded, names, image_size, center_crop)
     expected = np.asarray(model(batch, training=False)).astype(np.float32)
 
@@ -497,23 +525,7 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
     os.makedirs(staging)
     try:
         module = build_serving_module(model, image_size, center_crop)
-        files: dict[str, list[str]] = {}
-        parity: dict[str, dict[str, Any]] = {}
-        for name in formats:
-            start = time.perf_counter()
-            files[name] = _write_format(name, module, model, staging, quantize)
-            written = time.perf_counter()
-            try:
-                parity.update(_check_format(name, staging, quantize, batch, encoded, expected))
-            except ExportError:
-                raise
-            except Exception as e:  # the file does not even load or run in its own runtime
-                raise ExportError(f"{name}: the written file fails to load or run in its runtime "
-                                  f"({type(e).__name__}: {e}); leave '{name}' out of formats to export the "
-                                  "others, and report the backbone and versions") from e
-            log.info("export: %s written in %.1f s, checked in %.1f s", name, written - start,
-                     time.perf_counter() - written)
-
+        files, parity = _write_and_check(formats, module, model, staging, quantize, batch, encoded, expected)
         published = [n for name in formats for n in files[name]]
         if os.path.isfile(os.path.join(model_dir, ModelDir.HEAD_FILE)):  # the head's rows, for a warm start
             shutil.copy2(os.path.join(model_dir, ModelDir.HEAD_FILE), os.path.join(staging, ModelDir.HEAD_FILE))

@@ -453,64 +453,87 @@ def follow(api_client, name: str, namespace: str, *, poll_seconds: float = 10.0,
     if timeout_seconds <= 0:
         raise ValueError(f"timeout must be positive, got {timeout_seconds} s")
     out = sys.stdout if out is None else out
-    c = _constants()
-    custom = client.CustomObjectsApi(api_client)
-    chief_log = PodLog(api_client, namespace, out, f"[{CHIEF_REPLICA}] ", clock)
+    watch = _JobWatch(client.CustomObjectsApi(api_client), api_client, name, namespace, out, clock)
     deadline = clock() + timeout_seconds
-    state, condition, errors = None, None, 0
-
-    def transient(error: BaseException) -> None:
-        nonlocal errors
-        if not _is_transient(error) or errors >= MAX_TRANSIENT_ERRORS:
-            status = getattr(error, "status", None)
-            what = f"HTTP {status} {_api_message(error)}" if status else f"{type(error).__name__}: {error}"
-            raise TFJobError(f"following TFJob {namespace}/{name}: {what}") from error
-        errors += 1
-        _say(out, f"(API error while following TFJob {namespace}/{name}: {getattr(error, 'status', '') or error}; "
-                  "retrying)")
-
     while True:
-        try:
-            job = custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TFJOB_PLURAL, name,
-                                                      _request_timeout=REQUEST_TIMEOUT)
-        except Exception as e:
-            if getattr(e, "status", None) == 404:
-                raise TFJobError(f"TFJob {namespace}/{name} was deleted while running (last state: "
-                                 f"{state or 'not seen yet'})") from None
-            transient(e)
-        else:
-            new_state, condition = job_state(job)
-            if new_state != state:
-                state = new_state
-                detail = f" ({condition['message']})" if condition and condition.get("message") else ""
-                _say(out, f"TFJob {namespace}/{name}: {state}{detail}")
-            try:
-                pods = _list_pods(api_client, name, namespace)
-                chief = [pod for pod in pods if _is_chief(pod)]
-                if chief and chief[0].status and chief[0].status.phase in ("Running", "Succeeded", "Failed"):
-                    chief_log.read(chief[0].metadata.name)  # after the state: a finished job's last lines too
-            except Exception as e:
-                if state not in (SUCCEEDED, FAILED):
-                    transient(e)
-                else:  # the job's outcome is known: the pods or the log are only a bonus now
-                    _say(out, f"(could not read the pods or the chief's log of TFJob {namespace}/{name}: {e})")
-                pods = []
-            else:
-                errors = 0
-            if state == SUCCEEDED:
-                return job
-            if state == FAILED:
-                for pod in pods:  # the failed replicas' last lines (the chief's are printed already)
-                    if _termination(pod) and not _is_chief(pod):
-                        with contextlib.suppress(Exception):
-                            PodLog(api_client, namespace, out, f"[{replica_name(pod)}] ", clock).read(
-                                pod.metadata.name, tail_lines=FAILED_LOG_LINES)
-                raise TFJobError(failure_message(job, condition, pods))
+        job = watch.poll()
+        if job is not None:
+            return job
         if clock() >= deadline:
             delete_job(api_client, name, namespace)
             raise TFJobError(f"TFJob {namespace}/{name} did not finish within {timeout_seconds / 60:g} minutes "
-                             f"(last state: {state or 'not seen'}); deleted it")
+                             f"(last state: {watch.state or 'not seen'}); deleted it")
         sleep(poll_seconds)
+
+
+class _JobWatch:
+    """What :func:`follow` knows of a TFJob between two polls: its state, and the API errors in a row."""
+
+    def __init__(self, custom, api_client, name: str, namespace: str, out: TextIO, clock: Callable[[], float]):
+        self.custom, self.api_client, self.name, self.namespace, self.out = custom, api_client, name, namespace, out
+        self.clock = clock
+        self.constants = _constants()
+        self.chief_log = PodLog(api_client, namespace, out, f"[{CHIEF_REPLICA}] ", clock)
+        self.state, self.condition, self.errors = None, None, 0
+
+    def poll(self) -> dict[str, Any] | None:
+        """The job once it succeeded, None while it runs; raises TFJobError when it failed or was deleted."""
+        c, name, namespace = self.constants, self.name, self.namespace
+        try:
+            job = self.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TFJOB_PLURAL, name,
+                                                           _request_timeout=REQUEST_TIMEOUT)
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                raise TFJobError(f"TFJob {namespace}/{name} was deleted while running (last state: "
+                                 f"{self.state or 'not seen yet'})") from None
+            self.transient(e)
+            return None
+        new_state, self.condition = job_state(job)
+        if new_state != self.state:
+            self.state = new_state
+            detail = f" ({self.condition['message']})" if self.condition and self.condition.get("message") else ""
+            _say(self.out, f"TFJob {namespace}/{name}: {self.state}{detail}")
+        pods = self.pods_and_chief_log()
+        if self.state == SUCCEEDED:
+            return job
+        if self.state == FAILED:
+            self.print_failed_logs(pods)
+            raise TFJobError(failure_message(job, self.condition, pods))
+        return None
+
+    def pods_and_chief_log(self) -> list:
+        """The job's pods, after printing the chief's new log lines; [] when they cannot be read."""
+        try:
+            pods = _list_pods(self.api_client, self.name, self.namespace)
+            chief = [pod for pod in pods if _is_chief(pod)]
+            if chief and chief[0].status and chief[0].status.phase in ("Running", "Succeeded", "Failed"):
+                self.chief_log.read(chief[0].metadata.name)  # after the state: a finished job's last lines too
+        except Exception as e:
+            if self.state not in (SUCCEEDED, FAILED):
+                self.transient(e)
+            else:  # the job's outcome is known: the pods or the log are only a bonus now
+                _say(self.out, f"(could not read the pods or the chief's log of TFJob {self.namespace}/{self.name}: "
+                               f"{e})")
+            return []
+        self.errors = 0
+        return pods
+
+    def print_failed_logs(self, pods: list) -> None:
+        for pod in pods:  # the failed replicas' last lines (the chief's are printed already)
+            if _termination(pod) and not _is_chief(pod):
+                with contextlib.suppress(Exception):
+                    PodLog(self.api_client, self.namespace, self.out, f"[{replica_name(pod)}] ", self.clock).read(
+                        pod.metadata.name, tail_lines=FAILED_LOG_LINES)
+
+    def transient(self, error: BaseException) -> None:
+        """Count a retryable API error; raise on any other, or on one too many in a row."""
+        if not _is_transient(error) or self.errors >= MAX_TRANSIENT_ERRORS:
+            status = getattr(error, "status", None)
+            what = f"HTTP {status} {_api_message(error)}" if status else f"{type(error).__name__}: {error}"
+            raise TFJobError(f"following TFJob {self.namespace}/{self.name}: {what}") from error
+        self.errors += 1
+        _say(self.out, f"(API error while following TFJob {self.namespace}/{self.name}: "
+                       f"{getattr(error, 'status', '') or error}; retrying)")
 
 
 # ---------------------------------------------------------------------------------------------------------

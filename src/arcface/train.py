@@ -3,26 +3,23 @@
 The loop is written out (rather than ``Model.fit``) because four things need the step itself: Partial-FC's
 sparse update of the sampled class centres, checkpoints at any step that resume at that step, the NaN guard
 that keeps the last good checkpoint, and a wall-clock budget that stops between two steps.
+
+This module holds the run (:func:`train`) and the epoch loop (:class:`Trainer`); the parts it is built of are in
+:mod:`arcface.training`: the step, the optimizer, checkpoints and resuming, progress and logs, distribution.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import glob
-import hashlib
-import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from arcface import __version__, artifacts, atomic, precision, warm_start
@@ -31,12 +28,47 @@ from arcface.contracts import AlignedDir, ModelDir
 from arcface.data import make_dataset
 from arcface.models import MarginHead, build_models, fast_training
 from arcface.models import partial_fc as pfc
+from arcface.training import TrainingError
+from arcface.training.checkpoints import (
+    ARCHITECTURE_FIELDS,
+    RUN_CONTROL_FIELDS,
+    History,
+    check_resumable,
+    checkpoint_key,
+    ensure_writable,
+    history_from_metadata,
+    remove_leftovers_of_killed_runs,
+)
+from arcface.training.distribute import (
+    check_workers_agree,
+    collective_error_reason,
+    is_chief,
+    pick_strategy,
+    task_name,
+    tf_config_is_chief,
+    wait_for_every_worker,
+)
+from arcface.training.optimization import MomentumSGD, WarmupSchedule, decayed_variables, weight_decay_loss
+from arcface.training.progress import (
+    TRAINING_CSV,
+    Budget,
+    EpochLog,
+    EpochMeter,
+    Throughput,
+    write_training_csv,
+)
+from arcface.training.step import TrainStep
+
+# The names this module has always offered (tests, components, benchmarks and the CLI import them from here).
+__all__ = [
+    "ALIGN_CACHE_DIR", "ARCHITECTURE_FIELDS", "FAST_PRELU", "FUSED_BATCH_NORM", "FUSED_SGD", "RUN_CONTROL_FIELDS",
+    "TRAINING_CSV", "TUNING", "Budget", "EpochLog", "EpochMeter", "History", "MomentumSGD", "Throughput", "Trainer",
+    "TrainingError", "TrainResult", "WarmupSchedule", "align_for_training", "checkpoint_key",
+    "collective_error_reason", "decayed_variables", "ensure_writable", "is_chief", "make_optimizer",
+    "pick_strategy", "task_name", "tf_config_is_chief", "train", "weight_decay_loss", "write_training_csv",
+]
 
 log = logging.getLogger("arcface.train")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
 
 
 @dataclasses.dataclass
@@ -49,65 +81,6 @@ class TrainResult:
     best_val_accuracy: float | None
     manifest_sha256: str
     images_per_second: float
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pieces
-# ---------------------------------------------------------------------------------------------------------
-class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to the peak rate, then cosine, step (x0.1 at 50/75/90 %), polynomial or constant decay.
-
-    ``time_progress``: a variable the loop sets to the fraction of the --max_minutes budget spent. The schedule
-    then runs on the larger of the step fraction and the time fraction, so a run that its budget stops before
-    its last step (a slower CPU) has finished its warm-up and its decay all the same.
-    """
-
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine",
-                 time_progress: tf.Variable | None = None):
-        self.peak, self.total_steps, self.warmup_steps, self.kind = float(peak), int(total_steps), int(
-            warmup_steps), kind
-        self.time_progress = time_progress
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
-        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
-        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        if self.time_progress is not None:
-            # The time fraction as a step: the warm-up and the decay keep their shares of the run.
-            step = tf.maximum(step, tf.cast(self.time_progress, tf.float32) * self.total_steps)
-            progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        if self.kind == "cosine":
-            decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
-        elif self.kind == "poly":
-            decayed = (1.0 - progress) ** 2
-        elif self.kind == "step":
-            decayed = 0.1 ** (tf.cast(progress >= 0.5, tf.float32) + tf.cast(progress >= 0.75, tf.float32)
-                              + tf.cast(progress >= 0.9, tf.float32))
-        else:
-            decayed = tf.constant(1.0)
-        warmup = (step + 1.0) / warm if self.warmup_steps > 0 else tf.constant(1.0)
-        return self.peak * tf.where(step < self.warmup_steps, warmup, decayed)
-
-    def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "kind": self.kind}
-
-
-class MomentumSGD(keras.optimizers.SGD):
-    """Keras' SGD with each variable's momentum update in one op (ResourceApplyKerasMomentum: one pass over the
-    weights, the momentum and the gradient) instead of Keras' chain of casts, products, a difference and two
-    assignments. The same maths and the same variables, so the same checkpoints: ``m = momentum * m - lr * g;
-    w += m``. Nesterov, sparse gradients and plain SGD (momentum 0) take Keras' own update."""
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self.momentum == 0 or self.nesterov or isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=self.momentums[self._get_variable_index(variable)].handle,
-            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype),
-            use_locking=False, use_nesterov=False)
 
 
 def make_optimizer(config: TrainConfig, total_steps: int, steps_per_epoch: int,
@@ -138,222 +111,15 @@ FUSED_SGD = True
 TUNING = ("FUSED_BATCH_NORM", "FAST_PRELU", "FUSED_SGD")
 
 
-def decayed_variables(model: keras.Model) -> list[tf.Variable]:
-    """Every trainable kernel (conv, depthwise, dense, class centres); biases, BN and PReLU are left alone."""
-    names = ("kernel", "centers")
-    return [v for v in model.trainable_variables if any(n in v.path.rsplit("/", 1)[-1] for n in names)]
-
-
-def weight_decay_loss(variables, decay: float) -> tf.Tensor:
-    """decay/2 * sum ||W||^2: its gradient is decay*W, the coupled weight decay of SGD in the paper."""
-    if decay == 0 or not variables:
-        return tf.constant(0.0)
-    return 0.5 * decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
-
-
-def pick_strategy() -> tf.distribute.Strategy:
-    """Several pods (TF_CONFIG set, e.g. by Kubeflow's training operator), several GPUs, several logical CPU
-    devices (only when a program configured them: tf.config.set_logical_device_configuration), or this device.
-
-    A worker that dies is noticed by TensorFlow's coordination service (its heartbeats stop, ~10 s) or by the
-    refused connection, and the collective ops of the others abort with UnavailableError (see Trainer.fit). No
-    per-collective timeout (CommunicationOptions.timeout_seconds) is set: TensorFlow starts a thread per
-    collective for it, and calls it a debugging aid.
-    """
-    if os.environ.get("TF_CONFIG"):
-        return _one_per_process(("workers", os.environ["TF_CONFIG"]), tf.distribute.MultiWorkerMirroredStrategy)
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return _one_per_process(("gpus",), tf.distribute.MirroredStrategy)
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if not gpus and len(cpus) > 1:
-        return _one_per_process(("cpus", *cpus), lambda: tf.distribute.MirroredStrategy(cpus))
-    return tf.distribute.get_strategy()
-
-
-_STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
-
-
-def _one_per_process(key: tuple[str, ...], make) -> tf.distribute.Strategy:
-    # A second strategy over the same devices numbers its collective ops from the start again, and they collide
-    # with the first one's ("Shape mismatch in the collective instance 100"): a second run in the same process
-    # reuses the first one's strategy.
-    if key not in _STRATEGIES:
-        _STRATEGIES[key] = make()
-    return _STRATEGIES[key]
-
-
-def collective_error_reason(error: tf.errors.OpError) -> str:
-    """The message of a collective op's error, without the name of the function TensorFlow wrapped it in."""
-    return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(str(error.message).split()))[:400]
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes save_path: always, except on the non-chief workers of a multi-worker run."""
-    return bool(strategy.extended.should_checkpoint)
-
-
-def task_name(strategy: tf.distribute.Strategy) -> str:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return "this process"
-    return f"{resolver.task_type} {resolver.task_id}"
-
-
-#: Fields that do not change what is trained (where it is written, how the run is driven, where the data lies:
-#: the data itself is in the manifest hash); every other field is part of a derived checkpoint key.
-RUN_CONTROL_FIELDS = ("save_path", "checkpoint_dir", "checkpoint_key", "resume", "max_minutes", "checkpoint_steps",
-                      "train_data", "validation_data", "align_cache")
-
-
-def checkpoint_key(config: TrainConfig, manifest_sha256: str) -> str:
-    """--checkpoint_key, or one derived from the data and the training settings: a rerun of the same command
-    resumes, a run on other data or with other settings starts fresh."""
-    if config.checkpoint_key:
-        return config.checkpoint_key
-    settings = {k: v for k, v in config.to_dict().items() if k not in RUN_CONTROL_FIELDS}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return f"{manifest_sha256[:16]}-{digest[:16]}"
-
-
-def ensure_writable(folder: str, flag: str) -> None:
-    """Create ``folder`` and write a file into it, so that a volume mounted read-only (or not at all) fails here
-    with a message, not at the first checkpoint an epoch later."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise TrainingError(
-            f"{flag}: cannot write checkpoints to {folder} ({e.strerror or e}); mount a writable volume there "
-            "(in a cluster: a PVC the pod's user may write, e.g. through the pod's fsGroup), or leave "
-            "--checkpoint_dir empty to keep them in save_path") from None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pieces of the loop
-# ---------------------------------------------------------------------------------------------------------
-TRAINING_CSV = "training.csv"  # under artifacts.LOG_DIR
-
-
-class History(tf.train.experimental.PythonState):
-    """One record per finished epoch, saved inside every checkpoint.
-
-    Saved with the weights in one write, a resume restores exactly the epochs those weights went through,
-    wherever the previous run was killed: no epoch is lost or counted twice.
-    """
-
-    def __init__(self):
-        self.records: list[dict[str, Any]] = []
-
-    def serialize(self) -> str:
-        return json.dumps(self.records)
-
-    def deserialize(self, string_value) -> None:
-        self.records = json.loads(string_value)
-
-    def best_val_accuracy(self) -> float | None:
-        return max((h["val_accuracy"] for h in self.records if h.get("val_accuracy") is not None), default=None)
-
-
-class Budget:
-    """The wall-clock budget of --max_minutes, counted from the start of the run."""
-
-    def __init__(self, minutes: float):
-        self.seconds = minutes * 60 if minutes > 0 else math.inf
-        self.start = time.monotonic()
-
-    def spent(self) -> bool:
-        return time.monotonic() - self.start > self.seconds
-
-    def fraction(self) -> float:
-        """The share of the budget spent, in [0, 1]; 0 without a budget."""
-        return min(1.0, (time.monotonic() - self.start) / self.seconds) if math.isfinite(self.seconds) else 0.0
-
-
-class Throughput:
-    """Images per second of the training steps alone (data loading, validation and saving left out)."""
-
-    def __init__(self):
-        self.images, self.seconds = 0, 0.0
-
-    def add(self, images: int, seconds: float) -> None:
-        self.images += images
-        self.seconds += seconds
-
-    @property
-    def rate(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
-
-
-class EpochMeter:
-    """The sums over one epoch's steps: the progress bar while it runs, the history record at its end."""
-
-    def __init__(self, steps_per_epoch: int, verbose: int):
-        self.bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"],
-                                       verbose=1 if verbose else 0)
-        self.ce = self.decay = self.correct = 0.0
-        self.steps = self.images = 0
-        self.start = time.monotonic()
-
-    def add(self, step: int, ce: float, decay: float, correct: float, images: int, rate: float) -> None:
-        self.ce, self.decay, self.correct = self.ce + ce, self.decay + decay, self.correct + correct
-        self.steps, self.images = self.steps + 1, self.images + images
-        self.bar.update(step + 1, [("loss", self.ce / self.steps + decay),
-                                   ("accuracy", self.correct / self.images), ("img/s", rate)])
-
-    def record(self, epoch: int, val_accuracy: float | None, lr: float) -> dict[str, Any]:
-        steps = max(1, self.steps)
-        return {"epoch": epoch, "loss": self.ce / steps + self.decay / steps, "cross_entropy": self.ce / steps,
-                "accuracy": self.correct / max(1, self.images), "val_accuracy": val_accuracy, "lr": lr,
-                "images_per_second": self.images / max(time.monotonic() - self.start, 1e-9)}
-
-
-def write_training_csv(path: str, history: list[dict[str, Any]]) -> None:
-    """The whole history, rewritten atomically: a row appended per epoch would double after a resume."""
-    if not history:
-        return
-    with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-
-
-class EpochLog:
-    """logs/: training.csv and TensorBoard events, through one event writer for the whole run."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def __enter__(self) -> EpochLog:
-        self.writer = tf.summary.create_file_writer(self.folder)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.writer.close()
-
-    def add(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        write_training_csv(os.path.join(self.folder, TRAINING_CSV), history)
-        # The TensorBoard package is not a TensorFlow dependency any more; the core op writes the same
-        # events, tagged for the scalars plugin, so `tensorboard --logdir` draws them.
-        from tensorflow.core.framework import summary_pb2
-
-        scalar = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        with self.writer.as_default():
-            for key, value in record.items():
-                if key != "epoch" and value is not None:
-                    tf.summary.write(key, tf.constant(float(value)), step=record["epoch"], metadata=scalar)
-        self.writer.flush()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------------------
-ARCHITECTURE_FIELDS = ("backbone", "n_classes", "image_size", "embedding_size", "margin", "optimizer")
-
-
 class Trainer:
+    """One training run: builds the models, then runs the epoch loop (:meth:`fit`) over the parts of
+    :mod:`arcface.training`: each step is a :class:`~arcface.training.step.TrainStep`, checkpoints hold the
+    position and the :class:`~arcface.training.checkpoints.History`, and each epoch ends in the logs of
+    :class:`~arcface.training.progress.EpochLog`."""
+
     def __init__(self, config: TrainConfig, manifest, *, verbose: int = 1, make_dataset=make_dataset,
                  strategy: tf.distribute.Strategy | None = None,
                  starting_point: warm_start.StartingPoint | None = None):
@@ -376,6 +142,21 @@ class Trainer:
         self.strategy = strategy if strategy is not None else pick_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self._plan_steps()
+        self._set_paths()
+        self._build_models()
+        self.history = History()
+        self.progress_at_start = 0.0
+        self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
+                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+                                              history=self.history, time_progress=self.time_progress)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_write_dir, max_to_keep=2)
+        self._train_step = self._make_train_step()
+
+    def _plan_steps(self) -> None:
+        """The replicas' shares of a batch and the steps of an epoch; a setting that cannot work with this data
+        or these devices fails here, before any model is built."""
+        config = self.config
         # Partial-FC on several replicas shards the class centres (arcface.models.partial_fc).
         self.sharded = config.sample_rate < 1 and self.replicas > 1 and config.margin != "softmax"
         if self.sharded and self.multi_worker:
@@ -394,8 +175,9 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
 
-        self._set_paths()
-
+    def _build_models(self) -> None:
+        """The models, the optimizer and the position in the run, under the strategy's scope."""
+        config = self.config
         # The policy is global in Keras: set it every time, so one mixed-precision run does not leak into the next.
         self.precision = precision.choose(config.requested_precision, precision.local_devices(), config.backbone)
         keras.mixed_precision.set_global_policy(self.precision.policy)
@@ -406,13 +188,7 @@ class Trainer:
                                       seed=config.seed) if self.sharded else None
         with self.strategy.scope():
             self.training_model, self.embedding_model = build_models(config, sharded_centers=centers)
-            if self.replicas > 1 and config.sync_batchnorm:
-                # Statistics over the global batch, as one device computes them: with per-replica statistics the
-                # replicas normalize by those of batch_size / replicas images, and train another model.
-                for layer in fast_training.batch_norm_layers(self.training_model):
-                    layer.synchronized = True
-            if not tf.config.list_logical_devices("GPU"):
-                fast_training.install(self.training_model, batch_norm=FUSED_BATCH_NORM, prelu=FAST_PRELU)
+            self._tune_layers()
             self.backbone = self.training_model.get_layer(config.backbone)
             self.head = self.training_model.get_layer("head")
             # The share of the schedule the --max_minutes budget has run through (WarmupSchedule), checkpointed
@@ -431,13 +207,15 @@ class Trainer:
                         if not (self.partial_fc and v is self.head.centers)]
         in_backbone = {id(v) for v in self.backbone.trainable_variables}
         self.backbone_positions = [i for i, v in enumerate(self.dense_variables) if id(v) in in_backbone]
-        self.history = History()
-        self.progress_at_start = 0.0
-        self.checkpoint = tf.train.Checkpoint(model=self.training_model, optimizer=self.optimizer,
-                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-                                              history=self.history, time_progress=self.time_progress)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_write_dir, max_to_keep=2)
-        self._train_step = self._make_train_step()
+
+    def _tune_layers(self) -> None:
+        if self.replicas > 1 and self.config.sync_batchnorm:
+            # Statistics over the global batch, as one device computes them: with per-replica statistics the
+            # replicas normalize by those of batch_size / replicas images, and train another model.
+            for layer in fast_training.batch_norm_layers(self.training_model):
+                layer.synchronized = True
+        if not tf.config.list_logical_devices("GPU"):
+            fast_training.install(self.training_model, batch_norm=FUSED_BATCH_NORM, prelu=FAST_PRELU)
 
     def _set_paths(self) -> None:
         """Where this process reads and writes.
@@ -475,114 +253,7 @@ class Trainer:
 
     # -- the step ------------------------------------------------------------------------------------------
     def _make_train_step(self):
-        config, head = self.config, self.head
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="none") if not config.label_smoothing else None
-        global_batch = config.batch_size
-
-        def cross_entropy(labels, logits):
-            if config.label_smoothing:
-                n = tf.shape(logits)[-1]
-                target = tf.one_hot(labels, n) * (1 - config.label_smoothing) + config.label_smoothing / tf.cast(
-                    n, tf.float32)
-                return tf.nn.softmax_cross_entropy_with_logits(target, logits)
-            return loss_fn(labels, logits)
-
-        margin_head = isinstance(head, MarginHead)
-        loss_scaling = self.precision.loss_scaling
-        sharded = pfc.ShardedPartialFC(head, config.label_smoothing) if self.sharded else None
-
-        def update_centers(variable, grad):
-            # Plain SGD on the sampled rows only: touching all n_classes rows (momentum, decay) each step
-            # would cost as much as the full softmax that Partial-FC exists to avoid.
-            if loss_scaling:  # the optimizer unscales what it applies; these rows bypass it
-                grad = tf.IndexedSlices(grad.values / tf.cast(self.optimizer.dynamic_scale, grad.values.dtype),
-                                        grad.indices)
-            pfc.sparse_sgd(variable, grad, self.optimizer.learning_rate)
-
-        def sharded_step(images, labels):
-            with tf.GradientTape() as tape:
-                features = self.backbone(images, training=True)
-                decay = weight_decay_loss(self.decayed, config.decay) / self.replicas  # mirrored: summed below
-                out = sharded(features, labels)
-                decay += 0.5 * config.decay * tf.reduce_sum(tf.square(out.rows))  # this shard's rows only
-                # loss_sum is the global batch's, the same on every replica; its gradient reaches each replica's
-                # embeddings through the all-gather, so the optimizer's sum over replicas is the whole gradient.
-                loss = out.loss_sum / global_batch + decay
-                scaled = self.optimizer.scale_loss(loss) if loss_scaling else loss
-            grads = tape.gradient(scaled, [*self.dense_variables, out.variable])
-            if config.backbone_clipnorm > 0:
-                grads = self._clip_backbone(grads)
-            if config.backbone_lr_scale != 1:
-                grads = self._scale_backbone(grads)
-            update_centers(out.variable, grads.pop())
-            self.optimizer.apply(grads, self.dense_variables)
-            return out.own_loss_sum / global_batch, decay, out.own_correct
-
-        def replica_step(images, labels):
-            with tf.GradientTape() as tape:
-                features = self.backbone(images, training=True)
-                decay = weight_decay_loss(self.decayed, config.decay)
-                targets = labels
-                if margin_head:
-                    centers = None
-                    if self.partial_fc:
-                        index, targets = head.sample_centers(labels)
-                        centers = tf.gather(head.centers.value, index)  # a sparse read, not all rows
-                        decay += 0.5 * config.decay * tf.reduce_sum(tf.square(centers))
-                    cos_theta = head.cosine(features, centers)
-                    logits = head.logits(cos_theta, targets)
-                    # Accuracy from the cosines: with the margin on the true class it stays 0 long after the
-                    # embedding has learned to rank the right identity first.
-                    predicted = tf.argmax(cos_theta, -1, output_type=tf.int32)
-                    if self.partial_fc:
-                        predicted = tf.gather(index, predicted)
-                else:
-                    logits = tf.cast(head([features, labels], training=True), tf.float32)
-                    predicted = tf.argmax(logits, -1, output_type=tf.int32)
-                correct = tf.equal(predicted, labels)
-                per_example = cross_entropy(targets, logits)
-                ce = tf.reduce_sum(per_example) / global_batch
-                decay /= self.replicas  # every replica's share: the same decay, summed below
-                loss = ce + decay
-                scaled = self.optimizer.scale_loss(loss) if loss_scaling else loss
-            variables = self.dense_variables + ([head.centers.value] if self.partial_fc else [])
-            grads = tape.gradient(scaled, variables)
-            if config.backbone_clipnorm > 0:
-                grads = self._clip_backbone(grads)
-            if config.backbone_lr_scale != 1:
-                grads = self._scale_backbone(grads)
-            if self.partial_fc:
-                update_centers(head.centers.value, grads.pop())
-            self.optimizer.apply(grads, self.dense_variables)
-            return ce, decay, tf.reduce_sum(tf.cast(correct, tf.float32))
-
-        def step(images, labels):
-            # Each replica returns its share of the global batch's loss, decay and count of right answers.
-            shares = self.strategy.run(sharded_step if sharded else replica_step, args=(images, labels))
-            return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in shares)
-
-        return tf.function(step, jit_compile=config.jit_compile or None, reduce_retracing=True)
-
-    def _clip_backbone(self, grads: list) -> list:
-        """The reference trainer's clip_grad_norm_(backbone, 5): the backbone's gradients only, so the head's
-        (large while the class centres are small, early on) neither counts towards the norm nor is clipped."""
-        limit = self.config.backbone_clipnorm
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):  # still scaled here
-            limit = limit * tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        clipped, _ = tf.clip_by_global_norm([grads[i] for i in self.backbone_positions], limit)
-        grads = list(grads)
-        for i, g in zip(self.backbone_positions, clipped, strict=True):
-            grads[i] = g
-        return grads
-
-    def _scale_backbone(self, grads: list) -> list:
-        """--backbone_lr_scale: with SGD (momentum included) a gradient scaled by k is a learning rate scaled by k,
-        for these variables alone."""
-        grads = list(grads)
-        for i in self.backbone_positions:
-            grads[i] = grads[i] * tf.cast(self.config.backbone_lr_scale, grads[i].dtype)
-        return grads
+        return TrainStep(self).function()
 
     # -- evaluation during training ------------------------------------------------------------------------
     def validation_accuracy(self) -> float | None:
@@ -638,27 +309,10 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def restore_or_start(self) -> str:
-        config = self.config
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        saved_config = os.path.join(self.run_folder, artifacts.CONFIG_FILE)
-        where = self.checkpoint_dir if config.checkpoint_dir else self.output_path
-        fresh = ("another --checkpoint_key (or an empty --checkpoint_dir)" if config.checkpoint_dir
-                 else "an empty --save_path")
-        if latest and not config.resume:
-            raise TrainingError(
-                f"{where} already holds a checkpoint ({os.path.basename(latest)}); pass --resume to "
-                f"continue it, or choose {fresh} (nothing is overwritten)")
+        where = self.checkpoint_dir if self.config.checkpoint_dir else self.output_path
+        check_resumable(self.config, latest, os.path.join(self.run_folder, artifacts.CONFIG_FILE), where)
         if latest:
-            if os.path.exists(saved_config):
-                from arcface.config import load_yaml
-
-                previous = load_yaml(saved_config)
-                changed = [f for f in ARCHITECTURE_FIELDS if getattr(previous, f) != getattr(config, f)]
-                if changed:
-                    raise TrainingError(
-                        f"the checkpoint in {where} was trained with another "
-                        + ", ".join(f"{f} ({getattr(previous, f)!r}, now {getattr(config, f)!r})" for f in changed)
-                        + f"; use {fresh}, or the same values to resume")
             self._restore(latest)
             return (f"resuming from {os.path.basename(latest)} at epoch {self.epochs_done + 1}, "
                     f"step {int(self.step_in_epoch.numpy())}")
@@ -671,14 +325,7 @@ class Trainer:
         if any(name.startswith("history/") for name, _ in tf.train.list_variables(latest)):
             status.assert_existing_objects_matched()
         else:  # written before the history moved into the checkpoint
-            self.history.records = self._history_from_metadata()
-
-    def _history_from_metadata(self) -> list[dict[str, Any]]:
-        path = os.path.join(self.output_path, artifacts.METADATA_FILE)
-        if not os.path.exists(path):
-            return []
-        with open(path, encoding="utf-8") as f:
-            return [h for h in json.load(f).get("history", []) if h["epoch"] <= self.epochs_done]
+            self.history.records = history_from_metadata(self.output_path, self.epochs_done)
 
     @property
     def epochs_done(self) -> int:
@@ -731,39 +378,12 @@ class Trainer:
         return self._save_final(stopped, speed)
 
     def _check_workers_agree(self) -> None:
-        """Every worker must resume from the same step, or they run different loops and train apart; that is
-        what happens when the workers do not see the same checkpoints (a pod-local save_path). And every worker
-        must train on the same data: the same manifest hash (the crops, when each aligned its own)."""
         step = self.epochs_done * self.steps_per_epoch + int(self.step_in_epoch.numpy())
-        digest = np.frombuffer(bytes.fromhex(self.manifest.sha256), np.uint8).astype(np.int64)
-        # The sums of the bytes and of their squares are the replicas' count times this worker's only when every
-        # replica holds the same bytes (their variance is then 0).
-        mine = np.concatenate([[step], digest, digest ** 2])
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(
-            lambda: tf.constant(mine, tf.int64)), axis=None).numpy()
-        if int(total[0]) != step * self.replicas:
-            raise TrainingError(
-                f"{task_name(self.strategy)} resumes at global step {step}, but not every worker does (the steps "
-                f"of the {self.replicas} replicas add up to {int(total[0])}, not {step * self.replicas}): every "
-                "worker must read the same checkpoints; set --checkpoint_dir (or --save_path) to a volume that all "
-                "workers mount")
-        if not np.array_equal(total[1:], mine[1:] * self.replicas):
-            raise TrainingError(
-                f"{task_name(self.strategy)} trains on the manifest {self.manifest.sha256[:16]}, but not every "
-                "worker does: the workers must train on the same images (the same crops when aligning); give them "
-                "the same --manifest, or the same data and a --save_path, --checkpoint_dir or --align_cache on a "
-                "volume that all mount, so that they take the chief's crops")
+        check_workers_agree(self.strategy, step, self.manifest.sha256)
 
     def _remove_leftovers_of_killed_runs(self) -> None:
-        # TensorFlow writes a checkpoint's shards into <name>_temp/ before merging them; a kill in between
-        # leaves that folder, which no later save removes.
-        unfinished = glob.glob(os.path.join(self.checkpoint_dir, "*_temp"))
-        for path in unfinished:
-            shutil.rmtree(path, ignore_errors=True)
-        stale = artifacts.remove_stale_temporaries(self.save_path)
-        if self.run_folder != self.output_path:
-            stale += artifacts.remove_stale_temporaries(self.run_folder)
-        for path in [*unfinished, *stale]:
+        folders = [self.save_path] + ([self.run_folder] if self.run_folder != self.output_path else [])
+        for path in remove_leftovers_of_killed_runs(self.checkpoint_dir, folders):
             log.info("removed %s, left by a run that was killed while writing it", path)
 
     def _announce(self, how_it_starts: str) -> None:
@@ -941,7 +561,6 @@ def align_for_training(config: TrainConfig, strategy: tf.distribute.Strategy, ma
     that cannot see the chief's folder aligns for itself, and Trainer checks that all ended with the same
     manifest.
     """
-    from arcface.contracts import AlignedDir
     from arcface.data.align import run_alignment
 
     chief = is_chief(strategy)
@@ -960,37 +579,12 @@ def align_for_training(config: TrainConfig, strategy: tf.distribute.Strategy, ma
         return align()
     if chief:
         manifest = align()
-        _wait_for_every_worker(strategy, "the chief aligned the faces")
+        wait_for_every_worker(strategy, "the chief aligned the faces")
         return manifest
-    _wait_for_every_worker(strategy, "the chief aligned the faces")
+    wait_for_every_worker(strategy, "the chief aligned the faces")
     if not AlignedDir.has_records(cache):
         log.warning("%s does not see the chief's crops in %s, so it aligns the faces itself; to align them once, "
                     "give the workers a --save_path, --checkpoint_dir or --align_cache on a volume they all mount",
                     task_name(strategy), cache)
     return align()
 
-
-def _wait_for_every_worker(strategy: tf.distribute.Strategy, until: str) -> None:
-    """A collective that every worker joins: none goes on before all got here. There is no timeout: the wait is
-    as long as the chief's work; a worker that dies ends it through TensorFlow's coordination service."""
-    try:
-        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1, tf.int64)), axis=None)
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError) as e:
-        raise TrainingError(
-            f"{task_name(strategy)} lost contact with another training worker while waiting until {until} "
-            f"({collective_error_reason(e)}); see the log of the worker that failed (the chief's, if it stopped "
-            "while aligning), fix that, and start all the workers again") from None
-
-
-def tf_config_is_chief() -> bool:
-    """What MultiWorkerMirroredStrategy will decide, read from TF_CONFIG before it exists: the chief task, or
-    worker 0 where the cluster has no chief; true without TF_CONFIG."""
-    try:
-        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task = spec.get("task") or {}
-        kind, index = task.get("type"), int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError):
-        return True  # a malformed TF_CONFIG: the strategy reports it
-    if kind is None or kind == "chief":
-        return True
-    return kind == "worker" and index == 0 and "chief" not in (spec.get("cluster") or {})

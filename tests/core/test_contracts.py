@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from arcface import artifacts
+from arcface import artifacts, atomic
 from arcface.contracts import (
     BEST_THRESHOLD,
     KFOLD_MEAN,
@@ -136,5 +136,5 @@ def test_model_folder_names_are_one_definition(tmp_path):
         "config.yaml", "metadata.json", "embedding_model.keras")
     assert artifacts.TRAINING_MODEL_FILE is ModelDir.TRAINING_MODEL_FILE and artifacts.BEST_DIR is ModelDir.BEST_DIR
     assert ModelDir.read_metadata(tmp_path) == {}
-    ModelDir.write_metadata(tmp_path, {"class_names": ["a"]})
+    atomic.write_json(tmp_path / ModelDir.METADATA_FILE, {"class_names": ["a"]})
     assert ModelDir.read_metadata(tmp_path) == {"class_names": ["a"]}

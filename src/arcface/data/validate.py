@@ -338,33 +338,56 @@ def _inspect(path: bytes, max_pixels: int, min_side: int) -> _Inspection:
     except Exception as e:  # a damaged header: Pillow raises SyntaxError, OSError, ValueError, struct.error...
         return _Inspection(False, sha256=digest, findings=[("corrupt_image", f"damaged header: {e}")])
     fmt, mode, (width, height) = im.format, im.mode, im.size
-    if fmt not in SUPPORTED_FORMATS:
-        return _Inspection(False, sha256=digest, findings=[("unsupported_format", f"{fmt} images are not read by "
-                                                            "the input pipeline (JPEG, PNG, PGM/PPM, BMP, GIF are)")])
-    if fmt == "PPM" and data[:2] not in (b"P5", b"P6"):
-        return _Inspection(False, sha256=digest, findings=[("unsupported_format", f"netpbm type {data[:2]!r} is not "
-                                                            "read by the input pipeline (binary P5/P6 are)")])
-    if width * height > max_pixels:
-        return _Inspection(False, sha256=digest, findings=[("decompression_bomb", f"{width}x{height} = "
-                                                            f"{width * height:,} pixels exceeds the limit of "
-                                                            f"{max_pixels:,}; it is not decoded")])
-    orientation = 1
+    refused = _refused_header(fmt, data, width, height, max_pixels)
+    if refused:
+        return _Inspection(False, sha256=digest, findings=[refused])
     try:
-        if fmt == "JPEG":
-            orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-            # Draft mode decodes at 1/8 scale: every entropy-coded byte is still read (so truncation and
-            # corrupt data are found) at about half the cost of a full decode.
-            im.draft(None, (1, 1))
-            im.load()
-        else:
-            im.verify()  # checks what load does not (PNG chunk CRCs); the object is unusable afterwards
-            im = Image.open(io.BytesIO(data))
-            frames = getattr(im, "n_frames", 1) if fmt == "GIF" else 1
-            im.load()
+        orientation, frames = _decode(im, data, fmt)
     except Image.DecompressionBombError as e:
         return _Inspection(False, sha256=digest, findings=[("decompression_bomb", str(e))])
     except Exception as e:
         return _Inspection(False, sha256=digest, findings=[("corrupt_image", f"cannot decode: {e}")])
+    return _usable(data, fmt, mode, width, height, digest, orientation, frames, min_side)
+
+
+def _refused_header(fmt: str, data: bytes, width: int, height: int, max_pixels: int) -> tuple[str, str] | None:
+    """The finding that refuses a file from its header alone, before any pixel is decoded; None if none does."""
+    if fmt not in SUPPORTED_FORMATS:
+        return ("unsupported_format", f"{fmt} images are not read by "
+                "the input pipeline (JPEG, PNG, PGM/PPM, BMP, GIF are)")
+    if fmt == "PPM" and data[:2] not in (b"P5", b"P6"):
+        return ("unsupported_format", f"netpbm type {data[:2]!r} is not "
+                "read by the input pipeline (binary P5/P6 are)")
+    if width * height > max_pixels:
+        return ("decompression_bomb", f"{width}x{height} = "
+                f"{width * height:,} pixels exceeds the limit of "
+                f"{max_pixels:,}; it is not decoded")
+    return None
+
+
+def _decode(im, data: bytes, fmt: str) -> tuple[int, int]:
+    """Decode the whole file, so that a truncated or corrupt one raises here; its EXIF orientation and its
+    number of frames (1 but for a GIF)."""
+    from PIL import Image
+
+    orientation, frames = 1, 1
+    if fmt == "JPEG":
+        orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+        # Draft mode decodes at 1/8 scale: every entropy-coded byte is still read (so truncation and
+        # corrupt data are found) at about half the cost of a full decode.
+        im.draft(None, (1, 1))
+        im.load()
+    else:
+        im.verify()  # checks what load does not (PNG chunk CRCs); the object is unusable afterwards
+        im = Image.open(io.BytesIO(data))
+        frames = getattr(im, "n_frames", 1) if fmt == "GIF" else 1
+        im.load()
+    return orientation, frames
+
+
+def _usable(data: bytes, fmt: str, mode: str, width: int, height: int, digest: str, orientation: int,
+            frames: int, min_side: int) -> _Inspection:
+    """A decoded file, with what loading it will change (orientation, frames, mode) and whether it is tiny."""
     result = _Inspection(True, width=width, height=height, sha256=digest)
     if orientation not in range(1, 9):
         orientation = 1
@@ -432,34 +455,14 @@ def validate_dataset(train_data: str, validation_data: str, *, n_classes: int | 
     train_root, validation_root = resolve_roots(train_data, validation_data)
     roots = {"train": train_root, "validation": validation_root}
     if output_dir is not None:
-        out = os.path.realpath(output_dir)
-        for split, root in roots.items():
-            real = os.path.realpath(root)
-            if out == real or out.startswith(real + os.sep):
-                raise DataError(f"output_dir {output_dir} is inside the {split} data folder {root}: the step never "
-                                "writes into the dataset. Pass an output folder outside it")
-
+        _check_output_outside(output_dir, roots)
     walks = {split: _walk_split(split, root) for split, root in roots.items()}
-    fatal: list[str] = []
-    for split, walk in walks.items():
-        if not walk.identity_dirs:
-            fatal.append(f"the {split} folder {roots[split]} has no <identity>/ subfolders: expected "
-                         f"{os.path.join(roots[split], '<identity>', '<image>.jpg')}; point --{split}_data at the "
-                         "folder that holds one subfolder per person")
-    if fatal:
-        raise DataError("the dataset cannot be used:\n  - " + "\n  - ".join(fatal))
+    _check_identity_folders(walks, roots)
 
     candidates = [c for split in roots for c in walks[split].candidates]
     inspections = _inspect_all(candidates, max_pixels, min_side, workers)
-
     findings: list[Finding] = [f for walk in walks.values() for f in walk.findings]
-    usable: list[tuple[_Candidate, _Inspection]] = []
-    for cand, ins in zip(candidates, inspections, strict=True):
-        shown = _show(cand.path)
-        findings.extend(_finding(code, shown, message) for code, message in ins.findings)
-        if ins.usable:
-            usable.append((cand, ins))
-
+    usable = _usable_files(candidates, inspections, findings)
     usable = _drop_duplicates(usable, findings)
     usable, class_names = _check_identities(usable, walks, roots, min_images, findings)
 
@@ -467,23 +470,8 @@ def validate_dataset(train_data: str, validation_data: str, *, n_classes: int | 
                         sha256=i.sha256, orientation=i.orientation) for c, i in usable]
     rows.sort(key=lambda r: (r.split != "train", r.path))
     manifest = Manifest(rows=rows, roots=roots, class_names=class_names)
-
-    for split in roots:
-        if not manifest.split(split):
-            fatal.append(f"the {split} folder {roots[split]} has no usable images (of {walks[split].files_seen} "
-                         "files); see the findings above, and add JPEG/PNG/PGM/BMP/GIF images under "
-                         "<identity>/ folders")
-    if n_classes is not None and n_classes != len(class_names):
-        fatal.append(f"--n_classes={n_classes} but the training data has {len(class_names)} usable identities "
-                     f"({_preview(class_names)}); pass --n_classes={len(class_names)}, or add/remove identity "
-                     "folders to match")
     errors = [f for f in findings if f.severity == "error"]
-    if fatal or (strict and errors):
-        problems = [f"{f.code}: {f.path}: {f.message} (fix: {CODES[f.code][2]})" for f in errors] if strict else []
-        header = "the dataset failed strict validation" if strict and errors else "the dataset cannot be used"
-        hint = ("\n(strict mode: fix these, or run without --strict to exclude the files with a warning)"
-                if strict and errors else "")
-        raise DataError(f"{header}:\n  - " + "\n  - ".join(fatal + problems) + hint)
+    _check_usable(manifest, walks, roots, class_names, n_classes, errors, strict)
 
     elapsed = time.perf_counter() - started
     report = _report(manifest, walks, findings, elapsed, dict(n_classes=n_classes, min_images=min_images,
@@ -495,6 +483,58 @@ def validate_dataset(train_data: str, validation_data: str, *, n_classes: int | 
 
         ManifestDir.write(output_dir, result)
     return result
+
+
+def _check_output_outside(output_dir: str, roots: dict[str, str]) -> None:
+    out = os.path.realpath(output_dir)
+    for split, root in roots.items():
+        real = os.path.realpath(root)
+        if out == real or out.startswith(real + os.sep):
+            raise DataError(f"output_dir {output_dir} is inside the {split} data folder {root}: the step never "
+                            "writes into the dataset. Pass an output folder outside it")
+
+
+def _check_identity_folders(walks: dict[str, _Walk], roots: dict[str, str]) -> None:
+    fatal = [f"the {split} folder {roots[split]} has no <identity>/ subfolders: expected "
+             f"{os.path.join(roots[split], '<identity>', '<image>.jpg')}; point --{split}_data at the "
+             "folder that holds one subfolder per person"
+             for split, walk in walks.items() if not walk.identity_dirs]
+    if fatal:
+        raise DataError("the dataset cannot be used:\n  - " + "\n  - ".join(fatal))
+
+
+def _usable_files(candidates: list[_Candidate], inspections: list[_Inspection],
+                  findings: list[Finding]) -> list[tuple[_Candidate, _Inspection]]:
+    """The files that can be read, in order; every file's findings are added to ``findings``."""
+    usable: list[tuple[_Candidate, _Inspection]] = []
+    for cand, ins in zip(candidates, inspections, strict=True):
+        shown = _show(cand.path)
+        findings.extend(_finding(code, shown, message) for code, message in ins.findings)
+        if ins.usable:
+            usable.append((cand, ins))
+    return usable
+
+
+def _check_usable(manifest: Manifest, walks: dict[str, _Walk], roots: dict[str, str], class_names: list[str],
+                  n_classes: int | None, errors: list[Finding], strict: bool) -> None:
+    """Raise when a split has no usable image, the identities do not match n_classes, or (strict) any file
+    has an error; the message lists them all."""
+    fatal = []
+    for split in roots:
+        if not manifest.split(split):
+            fatal.append(f"the {split} folder {roots[split]} has no usable images (of {walks[split].files_seen} "
+                         "files); see the findings above, and add JPEG/PNG/PGM/BMP/GIF images under "
+                         "<identity>/ folders")
+    if n_classes is not None and n_classes != len(class_names):
+        fatal.append(f"--n_classes={n_classes} but the training data has {len(class_names)} usable identities "
+                     f"({_preview(class_names)}); pass --n_classes={len(class_names)}, or add/remove identity "
+                     "folders to match")
+    if fatal or (strict and errors):
+        problems = [f"{f.code}: {f.path}: {f.message} (fix: {CODES[f.code][2]})" for f in errors] if strict else []
+        header = "the dataset failed strict validation" if strict and errors else "the dataset cannot be used"
+        hint = ("\n(strict mode: fix these, or run without --strict to exclude the files with a warning)"
+                if strict and errors else "")
+        raise DataError(f"{header}:\n  - " + "\n  - ".join(fatal + problems) + hint)
 
 
 def _preview(names: list[str], n: int = 8) -> str:

@@ -453,6 +453,68 @@ def _check_finite(metrics: Any, where: str = "metrics") -> None:
         raise EvaluationError(f"{where} is {metrics}; this is a bug in the evaluation code, please report it")
 
 
+def _pair_images(trained, manifest, pairs: PairList, pairs_file, method: str, crop: float,
+                 batch_size: int) -> tuple[list[str], Any, dict[str, str]]:
+    """The paths of the pairs' images, what the model is fed for them, and the photos whose face was not found."""
+    if pairs_file:
+        paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
+        if method != "none":  # raw photos: aligned as the training crops were
+            images, not_aligned = _aligned_inputs(paths, trained.image_size, crop)
+            return paths, images, not_aligned
+        return paths, paths, {}
+    # Drawn from the validation split: read it as training does (EXIF orientation included).
+    paths = manifest.absolute_paths(VALIDATION)
+    return paths, validation_dataset(manifest, trained.image_size, crop, batch_size), {}
+
+
+def _timed_embeddings(trained, images, n_images: int, crop: float, batch_size: int,
+                      flip_tta: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """The embeddings of ``images``, and metrics.json's ``throughput`` of computing them."""
+    start, timing = time.perf_counter(), {}
+    embeddings = embed_images(trained.embedding_model, images, trained.image_size, crop, batch_size, flip_tta,
+                              timing)
+    seconds = time.perf_counter() - start
+    # Steady state when there was more than one batch; else the whole call, tracing included.
+    timed_images, timed_seconds = ((timing["images"], timing["seconds"]) if timing.get("images")
+                                   else (n_images, seconds))
+    return embeddings, {
+        "images": n_images, "seconds": seconds, "flip_tta": flip_tta, "batch_size": batch_size,
+        "includes_tracing": not timing.get("images"),
+        "images_per_second": timed_images / timed_seconds if timed_seconds > 0 else None,
+        "note": "source images per second (reading, decoding and the model), each embedded "
+                "twice when flip_tta is on; measured after the first batch, which includes "
+                "tracing, when there is more than one batch"}
+
+
+def _verification_record(scores: np.ndarray, pairs: PairList, source: str, pairs_file, method: str,
+                         not_aligned: dict[str, str]) -> dict[str, Any]:
+    """metrics.json's ``verification``: where the pairs came from and how they were read, then the scores."""
+    return {"source": source, "pairs_file": str(pairs_file) if pairs_file else None,
+            "pairs": len(pairs), "genuine_pairs": int(pairs.is_same.sum()),
+            "impostor_pairs": int((~pairs.is_same).sum()), "pairs_counts": pairs.counts,
+            "alignment": method, "not_aligned": not_aligned,
+            **_verification(scores, pairs)}
+
+
+def _metrics(trained, manifest, crop: float, embedding_size: int, flip_tta: bool, verification: dict[str, Any],
+             closed: dict[str, Any], throughput: dict[str, Any], roc: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json, in its order of keys; the confusion matrix leaves ``closed`` for a key of its own."""
+    confusion = closed.pop("confusion_matrix", None)
+    return {
+        "model": {"path": trained.path, "image_size": trained.image_size, "center_crop": crop,
+                  "embedding_size": embedding_size, "backbone": trained.config.backbone,
+                  "margin": trained.config.margin, "flip_tta": flip_tta},
+        "data": {"manifest_sha256": manifest.sha256 if manifest is not None else None,
+                 "model_manifest_sha256": trained.metadata.get("manifest_sha256"),
+                 "class_names": len(manifest.class_names) if manifest is not None else None},
+        "verification": verification,
+        "closed_set": closed,
+        "throughput": throughput,
+        "roc": roc,
+        "confusion_matrix": confusion,
+    }
+
+
 def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file: str | os.PathLike | None = None,
              pairs_root: str | os.PathLike | None = None, flip_tta: bool = True, batch_size: int = 64,
              seed: int = 42, on_missing: str = "error", center_crop: float | None = None,
@@ -493,50 +555,15 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
 
     closed = _closed_set(trained, manifest, crop, batch_size)
     pairs, source = _pairs(manifest, pairs_file, pairs_root, seed, on_missing)
-    not_aligned: dict[str, str] = {}
     method = _alignment_method(trained, align)
-    if pairs_file:
-        paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
-        images = paths
-        if method != "none":  # raw photos: aligned as the training crops were
-            images, not_aligned = _aligned_inputs(paths, trained.image_size, crop)
-    else:  # drawn from the validation split: read it as training does (EXIF orientation included)
-        paths = manifest.absolute_paths(VALIDATION)
-        images = validation_dataset(manifest, trained.image_size, crop, batch_size)
-    start, timing = time.perf_counter(), {}
-    embeddings = embed_images(trained.embedding_model, images, trained.image_size, crop, batch_size, flip_tta,
-                              timing)
-    seconds = time.perf_counter() - start
-    # Steady state when there was more than one batch; else the whole call, tracing included.
-    timed_images, timed_seconds = ((timing["images"], timing["seconds"]) if timing.get("images")
-                                   else (len(paths), seconds))
+    paths, images, not_aligned = _pair_images(trained, manifest, pairs, pairs_file, method, crop, batch_size)
+    embeddings, throughput = _timed_embeddings(trained, images, len(paths), crop, batch_size, flip_tta)
     scores = _pair_scores(embeddings, paths, pairs)
 
-    verification = {"source": source, "pairs_file": str(pairs_file) if pairs_file else None,
-                    "pairs": len(pairs), "genuine_pairs": int(pairs.is_same.sum()),
-                    "impostor_pairs": int((~pairs.is_same).sum()), "pairs_counts": pairs.counts,
-                    "alignment": method, "not_aligned": not_aligned,
-                    **_verification(scores, pairs)}
+    verification = _verification_record(scores, pairs, source, pairs_file, method, not_aligned)
     far, tar, thresholds = M.roc_curve(scores, pairs.is_same)
-    confusion = closed.pop("confusion_matrix", None)
-    metrics: dict[str, Any] = {
-        "model": {"path": trained.path, "image_size": trained.image_size, "center_crop": crop,
-                  "embedding_size": int(embeddings.shape[1]), "backbone": trained.config.backbone,
-                  "margin": trained.config.margin, "flip_tta": flip_tta},
-        "data": {"manifest_sha256": manifest.sha256 if manifest is not None else None,
-                 "model_manifest_sha256": trained.metadata.get("manifest_sha256"),
-                 "class_names": len(manifest.class_names) if manifest is not None else None},
-        "verification": verification,
-        "closed_set": closed,
-        "throughput": {"images": len(paths), "seconds": seconds, "flip_tta": flip_tta, "batch_size": batch_size,
-                       "includes_tracing": not timing.get("images"),
-                       "images_per_second": timed_images / timed_seconds if timed_seconds > 0 else None,
-                       "note": "source images per second (reading, decoding and the model), each embedded "
-                               "twice when flip_tta is on; measured after the first batch, which includes "
-                               "tracing, when there is more than one batch"},
-        "roc": M.subsample_roc(far, tar, thresholds, max_points=200),
-        "confusion_matrix": confusion,
-    }
+    metrics = _metrics(trained, manifest, crop, int(embeddings.shape[1]), flip_tta, verification, closed,
+                       throughput, M.subsample_roc(far, tar, thresholds, max_points=200))
     if champion is not None:
         metrics["champion"] = {"version": champion_version,
                                **_champion(champion, pairs, manifest, pairs_file, paths, batch_size, flip_tta)}

@@ -188,11 +188,6 @@ def best_threshold(scores, is_same) -> tuple[float, float]:
     return float(candidates[best]), float(accuracy[best])
 
 
-def accuracy_at(scores, is_same, threshold: float) -> float:
-    scores, is_same = _check_pairs(scores, is_same)
-    return float(np.mean((scores >= threshold) == is_same))
-
-
 def lfw_folds(is_same, n_folds: int = 10) -> np.ndarray:
     """Fold index of every pair as in LFW's pairs.txt: contiguous blocks, genuine and impostor pairs apart.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Sequence
 
@@ -109,6 +108,15 @@ def read_pairs(path: str | os.PathLike, root: str | os.PathLike | None = None, *
     except FileNotFoundError:
         raise PairsError(f"pairs file {path} does not exist; pass the path of an LFW pairs.txt") from None
 
+    header, pairs = _parse_lines(path, lines, root)
+    folds = _folds(path, header, len(pairs))
+    if not pairs:
+        raise PairsError(f"{path} holds no pairs; expected lines 'name i j' or 'name1 i name2 j'")
+    return _keep_present(path, root, pairs, folds, on_missing)
+
+
+def _parse_lines(path: str, lines: list[str], root: str) -> tuple[tuple[int, int, int] | None, list[tuple]]:
+    """The header (its line number, folds, pairs per kind per fold) if any, and the pairs as (a, b, same)."""
     header, pairs = None, []
     for number, line in enumerate(lines, start=1):
         tokens = line.split()
@@ -118,33 +126,42 @@ def read_pairs(path: str | os.PathLike, root: str | os.PathLike | None = None, *
             header = (number, *parsed)
             continue
         try:
-            if len(tokens) == 3:
-                name, i, j = tokens[0], _image_index(tokens[1]), _image_index(tokens[2])
-                pairs.append((lfw_image_path(root, name, i), lfw_image_path(root, name, j), True))
-            elif len(tokens) == 4:
-                a, i, b, j = tokens[0], _image_index(tokens[1]), tokens[2], _image_index(tokens[3])
-                pairs.append((lfw_image_path(root, a, i), lfw_image_path(root, b, j), False))
-            else:
-                raise ValueError(f"{len(tokens)} fields")
+            pairs.append(_parse_pair(tokens, root))
         except ValueError as e:
             raise PairsError(f"{path}:{number}: cannot parse {line!r} ({e}); expected 'name i j' for a matched "
                              "pair or 'name1 i name2 j' for a mismatched one, separated by tabs or spaces, "
                              "with image numbers >= 1") from None
+    return header, pairs
 
-    folds = [None] * len(pairs)
+
+def _parse_pair(tokens: list[str], root: str) -> tuple[str, str, bool]:
+    if len(tokens) == 3:
+        name, i, j = tokens[0], _image_index(tokens[1]), _image_index(tokens[2])
+        return lfw_image_path(root, name, i), lfw_image_path(root, name, j), True
+    if len(tokens) == 4:
+        a, i, b, j = tokens[0], _image_index(tokens[1]), tokens[2], _image_index(tokens[3])
+        return lfw_image_path(root, a, i), lfw_image_path(root, b, j), False
+    raise ValueError(f"{len(tokens)} fields")
+
+
+def _folds(path: str, header: tuple[int, int, int] | None, n_pairs: int) -> list[int | None]:
+    """Each pair's fold (None without a 'folds count' header); the header's count must match the pairs'."""
+    folds: list[int | None] = [None] * n_pairs
     if header is not None:
         line_number, n_folds, per_fold = header
         expected = 2 * n_folds * per_fold
-        if len(pairs) != expected:
+        if n_pairs != expected:
             announced = f"{n_folds} folds x " if n_folds > 1 else ""
             raise PairsError(f"{path}:{line_number}: the header announces {announced}{per_fold} matched + "
-                             f"{per_fold} mismatched pairs = {expected}, but the file holds {len(pairs)} pair "
+                             f"{per_fold} mismatched pairs = {expected}, but the file holds {n_pairs} pair "
                              "lines; correct the header or restore the missing lines")
         if n_folds > 1:
-            folds = [index // (2 * per_fold) for index in range(len(pairs))]
-    if not pairs:
-        raise PairsError(f"{path} holds no pairs; expected lines 'name i j' or 'name1 i name2 j'")
+            folds = [index // (2 * per_fold) for index in range(n_pairs)]
+    return folds
 
+
+def _keep_present(path: str, root: str, pairs: list[tuple], folds: list[int | None], on_missing: str) -> PairList:
+    """The pairs whose images are on disk; a missing one is an error, or its pairs are skipped (on_missing)."""
     unique = sorted({p for a, b, _ in pairs for p in (a, b)})
     missing = [p for p in unique if not os.path.isfile(p)]
     if missing and on_missing == "error":
@@ -253,8 +270,3 @@ def generate_pairs(identities: Sequence[str], paths: Sequence[str], seed: int = 
     log.info("generated %d genuine (of %d possible) and %d impostor (of %d possible) pairs from %d identities",
              len(genuine), genuine_possible, len(impostor), impostor_possible, names.size)
     return PairList(pairs, counts)
-
-
-def required_impostors(far_target: float) -> int:
-    """How many impostor pairs a FAR of ``far_target`` needs to be measurable (1 / far_target)."""
-    return math.ceil(1 / far_target - 1e-9)
