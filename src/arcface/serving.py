@@ -56,6 +56,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -313,7 +314,7 @@ class ArcFaceModel(kserve.Model):
     def __reduce__(self):
         # KServe's --workers N starts each worker process with multiprocessing's spawn, which pickles the
         # registered models; a TensorFlow model does not pickle, so a worker loads its own copy from the files.
-        return _loaded_model, (self._arguments,)
+        return _model_loading_in_background, (self._arguments,)
 
     def load(self) -> bool:
         self.model = load_model(self.model_path)
@@ -508,9 +509,12 @@ class ArcFaceModel(kserve.Model):
         return InferResponse(task.v2_request.id or "", self.name, outputs)
 
 
-def _loaded_model(arguments: dict[str, Any]) -> ArcFaceModel:
+def _model_loading_in_background(arguments: dict[str, Any]) -> ArcFaceModel:
+    """A worker's copy of the model, not ready until it has loaded. KServe's supervisor kills a worker that does
+    not answer its ping within 5 s, and the worker answers only once this returns: loading here (TensorFlow's
+    import, the model) takes longer than that on a busy CPU, so it loads in a thread instead."""
     model = ArcFaceModel(**arguments)
-    model.load()
+    threading.Thread(target=model.load, name="arcface-load", daemon=True).start()
     return model
 
 
