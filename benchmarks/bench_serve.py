@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the pipeline package, for the first command's preset
-from components.runners import LOCAL_PRESET  # noqa: E402
+from kfp_pipeline.local import LOCAL_PRESET  # noqa: E402
 
 DIMENSION = 512  # the gallery index's vectors
 SAMPLE = REPO / "sample" / "orl" / "validation"
@@ -472,7 +472,7 @@ def summarize(bare: list[dict], runs: list[dict], max_batch_size: int) -> dict:
 
 def bench_model(args: argparse.Namespace, kind: str, photos: list[Path], work: Path) -> dict:
     from arcface.embedding import load_embedder
-    from arcface.serving import DEFAULT_MAX_BATCH_SIZE
+    from arcface.mlops.serving import DEFAULT_MAX_BATCH_SIZE
 
     print(f"model {kind}: exporting {args.backbone} {args.image_size}", flush=True)
     export_dir = export_model(work / kind, args.backbone, args.image_size, args.embedding_size, ALIGNMENTS[kind])
@@ -490,7 +490,7 @@ def bench_model(args: argparse.Namespace, kind: str, photos: list[Path], work: P
 
 
 def bench_server(args: argparse.Namespace, work: Path) -> dict:
-    from arcface.serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_WAIT_MS
+    from arcface.mlops.serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_WAIT_MS
 
     photos = sample_photos(args.images)
     result = {"backbone": args.backbone, "image_size": args.image_size, "embedding_size": args.embedding_size,
@@ -565,7 +565,7 @@ def _recall(index, queries: np.ndarray, truth: np.ndarray) -> float:
 def bench_index(size: int, n_queries: int, cosine: float, hnsw_seconds: float) -> dict:
     import faiss
 
-    from arcface.gallery import HNSW_EF_SEARCH, build_faiss
+    from arcface.mlops.gallery import HNSW_EF_SEARCH, build_faiss
 
     vectors = random_unit(size, seed=size)
     queries = near_copies(vectors, n_queries, cosine, seed=1)

@@ -7,7 +7,7 @@ files inside each artifact are defined by ``arcface.contracts``.
 
 from __future__ import annotations
 
-from arcface import images
+from arcface.mlops import images
 
 #: The repository of the tags below (``ARCFACE_IMAGE_REPOSITORY`` when this module was imported).
 REPOSITORY = images.repository()
@@ -17,5 +17,5 @@ CPU_IMAGE = images.cpu_image()
 LIGHT_IMAGE = images.validate_image()
 #: Training on a GPU node (``pipeline.py compile --gpu nvidia.com/gpu``) swaps the train step to this image.
 GPU_IMAGE = images.gpu_image()
-#: Tag -> flavor, for naming the images of a compiled pipeline by digest (components/dag.py).
+#: Tag -> flavor, for naming the images of a compiled pipeline by digest (kfp_pipeline/dag.py).
 FLAVOR_OF_TAG = {CPU_IMAGE: "cpu", LIGHT_IMAGE: "validate", GPU_IMAGE: "gpu"}

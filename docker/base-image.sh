@@ -2,7 +2,7 @@
 # Make the base image of the arcface-kfp images from scratch with debootstrap (no registry needed):
 # Debian bookworm, variant minbase, plus python3 (3.11), python3-venv, python3-pip and ca-certificates.
 #
-#   docker/base-image.sh TAG          # e.g. arcface-kfp/base:0.1.0-bookworm (build.sh passes arcface.images.base_image())
+#   docker/base-image.sh TAG          # e.g. arcface-kfp/base:0.1.0-bookworm (build.sh passes arcface.mlops.images.base_image())
 #
 # The root filesystem tarball is cached at $ARCFACE_DOCKER_CACHE/base/<key>.tar (key = hash of suite,
 # packages and this script), so a second run only re-imports it, and does nothing at all when the

@@ -25,7 +25,7 @@
 #                         build/image-digests.json in the checkout). Entries of other flavors are kept when the
 #                         file is for the same repository and version; otherwise the file is started anew
 #
-# Tags come from arcface.images (python -m arcface.images), i.e. <repository>/<flavor>:<version>;
+# Tags come from arcface.mlops.images (python -m arcface images), i.e. <repository>/<flavor>:<version>;
 # ARCFACE_IMAGE_REPOSITORY changes the repository. Needs a running engine at DOCKER_HOST (see
 # docker/engine.sh). Caches live under $ARCFACE_DOCKER_CACHE (default /var/cache/arcface-docker for
 # root, ${XDG_CACHE_HOME:-~/.cache}/arcface-docker otherwise).
@@ -87,7 +87,7 @@ quiet_pip() { "$PYTHON" -m pip "$@" 2> >(grep -v -e 'is ignored: it is neither' 
 
 # ---- tags and version, from the one place they are defined ----
 # VERSION, REPOSITORY, DEFAULT_REPOSITORY, CPU_IMAGE, GPU_IMAGE, VALIDATE_IMAGE, BASE_IMAGE, DIGESTS_FILE
-eval "$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface.images)"
+eval "$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface images)"
 if [[ $push == 1 ]]; then
   if [[ $download_only == 1 ]]; then log "--push builds and pushes the images; it does not go with --download-only"; exit 2; fi
   if [[ $REPOSITORY == "$DEFAULT_REPOSITORY" ]]; then
@@ -285,7 +285,7 @@ push_image() {
     digest=$(docker image inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$tag" | grep -F "${tag%:*}@" | head -n 1 | cut -d@ -f2 || true)
   fi
   if [[ -z $digest ]]; then printf '%s\n' "$out" >&2; log "pushed $tag but docker reported no digest (output above)"; exit 1; fi
-  ref=$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface.images record --file "$digests_file" --flavor "$flavor" \
+  ref=$(PYTHONPATH=$REPO/src "$PYTHON" -m arcface images record --file "$digests_file" --flavor "$flavor" \
           --digest "$digest" --revision "$PUSHED_REVISION")
   log "pushed $ref in $((SECONDS - start)) s; recorded in $digests_file"
 }

@@ -21,7 +21,7 @@ def align_faces(config: dict, manifest: Input[Dataset], aligned: Output[Dataset]
             (per source image: path, sha256, box, 5 points, score, findings) and the report.
         report: the alignment report as Markdown, for the KFP UI (the validation report when align=none).
         model_store, model_name, run_id: where a failure of this step is recorded for the exit step
-            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
+            (arcface.mlops.notify.failures_logged: the store's run log); empty model_store: nowhere.
     """
     import os
     import shutil
@@ -29,7 +29,7 @@ def align_faces(config: dict, manifest: Input[Dataset], aligned: Output[Dataset]
     from arcface.config import from_dict
     from arcface.contracts import AlignedDir
     from arcface.data.align import run_alignment
-    from arcface.notify import failures_logged
+    from arcface.mlops.notify import failures_logged
 
     with failures_logged("align-faces", model_store=model_store, model_name=model_name, run_id=run_id):
         checked = from_dict(config)

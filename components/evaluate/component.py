@@ -19,11 +19,11 @@ def evaluate_model(model: Input[Model], manifest: Input[Dataset], pairs_file: st
         pairs_file: an LFW-format pairs file; empty: pairs are drawn from the validation identities.
         pairs_root: the image folder of the pairs file; empty: the pairs file's folder.
         seed: for drawing pairs.
-        model_store: the model store's folder (arcface.store); its current version, the champion, is scored
+        model_store: the model store's folder (arcface.mlops.store); its current version, the champion, is scored
             on the same pairs and images. Empty: no store, no champion.
         model_name: the model's name in the store.
         run_id: the pipeline run; a failure of this step is recorded under it in the store's run log
-            (arcface.notify.failures_logged), for the exit step.
+            (arcface.mlops.notify.failures_logged), for the exit step.
         metrics: the summary's numbers (log_metric); its folder is an arcface.contracts.EvaluationDir (every
             number and the report), which the quality gate and the export step read.
         classification: the ROC curve and the confusion matrix, drawn by the KFP UI.
@@ -33,8 +33,8 @@ def evaluate_model(model: Input[Model], manifest: Input[Dataset], pairs_file: st
 
     from arcface.contracts import EvaluationDir, ManifestDir
     from arcface.evaluation.evaluate import evaluate
-    from arcface.notify import failures_logged
-    from arcface.store import open_store
+    from arcface.mlops.notify import failures_logged
+    from arcface.mlops.store import open_store
 
     with failures_logged("evaluate-model", model_store=model_store, model_name=model_name, run_id=run_id):
         store = open_store(model_store, model_name)
@@ -59,7 +59,7 @@ def evaluate_model(model: Input[Model], manifest: Input[Dataset], pairs_file: st
 def quality_gate(evaluation: Input[Metrics], accuracy_threshold: float, promotion_margin: float,
                  decision: Output[Metrics], summary: Output[Markdown],
                  model_store: str = "", model_name: str = "arcface", run_id: str = "") -> bool:
-    """Export and promote only a model that is good enough and beats the champion (arcface.gate.decide).
+    """Export and promote only a model that is good enough and beats the champion (arcface.mlops.gate.decide).
 
     Args:
         evaluation: the evaluate step's Metrics artifact (its folder holds metrics.json, with the champion's
@@ -70,15 +70,15 @@ def quality_gate(evaluation: Input[Metrics], accuracy_threshold: float, promotio
         decision: promote (0/1), both accuracies and the margin.
         summary: the decision, both scores and the reason, in Markdown.
         model_store, model_name, run_id: where a failure of this step is recorded for the exit step
-            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
+            (arcface.mlops.notify.failures_logged: the store's run log); empty model_store: nowhere.
 
     Returns:
         True to export and promote; the log says why. A single unnamed return value on purpose: kfp.local (2.17)
         resolves a dsl.If condition on a task's ``Output`` but not on a named output of a NamedTuple.
     """
     from arcface.contracts import EvaluationDir
-    from arcface.gate import decide
-    from arcface.notify import failures_logged
+    from arcface.mlops.gate import decide
+    from arcface.mlops.notify import failures_logged
 
     with failures_logged("quality-gate", model_store=model_store, model_name=model_name, run_id=run_id):
         champion = EvaluationDir.read_champion(evaluation.path)

@@ -204,7 +204,7 @@ def test_the_champion_is_scored_on_the_same_pairs_the_same_way(tmp_path):
     """The store's champion is this very model: on the same pairs, by the same protocol, its numbers are the
     new model's to rounding. Different pairs or another preprocessing would give other numbers."""
     from arcface.export import export
-    from arcface.store import ModelStore
+    from arcface.mlops.store import ModelStore
 
     manifest_dir, model_dir = tiny_model()
     export(model_dir, tmp_path / "export", formats=["keras"])

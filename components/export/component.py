@@ -21,11 +21,11 @@ def export_model(model: Input[Model], evaluation: Input[Metrics], manifest: Inpu
         quantize: none, float16 or dynamic (adds a quantized TFLite file).
         exported: the exported model folder (formats, model card).
         model_store, model_name, run_id: where a failure of this step is recorded for the exit step
-            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
+            (arcface.mlops.notify.failures_logged: the store's run log); empty model_store: nowhere.
     """
     from arcface.contracts import ManifestDir
     from arcface.export import export, kfp_model_metadata
-    from arcface.notify import failures_logged
+    from arcface.mlops.notify import failures_logged
 
     with failures_logged("export-model", model_store=model_store, model_name=model_name, run_id=run_id):
         faces = ManifestDir.read(manifest.path).absolute_paths("validation")

@@ -15,7 +15,7 @@ def launch_tfjob(config: dict, manifest: Input[Dataset], model: Output[Model], m
                  timeout_minutes: float, poll_seconds: float = 10.0, namespace: str = "",
                  model_store: str = "", model_name: str = "arcface", run_id: str = ""):
     """Stage the manifest on the PVC, create the TFJob, follow it (state changes and the chief's log), then copy
-    the chief's model folder into ``model.path`` (arcface.launch.launch). A step that fails or is terminated
+    the chief's model folder into ``model.path`` (arcface.mlops.tfjob.launch). A step that fails or is terminated
     (a run stopped from the UI: SIGTERM) deletes the TFJob it created, so that its pods free their GPUs.
 
     Args:
@@ -29,11 +29,11 @@ def launch_tfjob(config: dict, manifest: Input[Dataset], model: Output[Model], m
         pvc_name, pvc_mount_path: the shared PVC, mounted here and in every worker at the same path.
         timeout_minutes: the TFJob is deleted and the step fails after this; poll_seconds: status poll interval.
         namespace: the TFJob's namespace; empty: this pod's.
-        model_store, model_name, run_id: where a failure of this step is recorded (arcface.notify); run_id also
+        model_store, model_name, run_id: where a failure of this step is recorded (arcface.mlops.notify); run_id also
             names the TFJob and its folder, so a retried step follows the job its first attempt created.
     """
-    from arcface.launch import TFJobRequest, in_cluster, job_name, launch
-    from arcface.notify import failures_logged
+    from arcface.mlops.notify import failures_logged
+    from arcface.mlops.tfjob import TFJobRequest, in_cluster, job_name, launch
 
     with failures_logged("launch-tfjob", model_store=model_store, model_name=model_name, run_id=run_id):
         api_client, own_namespace = in_cluster()

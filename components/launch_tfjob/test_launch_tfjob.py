@@ -1,4 +1,4 @@
-"""launch_tfjob and arcface.launch against a fake Kubernetes API server on 127.0.0.1.
+"""launch_tfjob and arcface.mlops.tfjob against a fake Kubernetes API server on 127.0.0.1.
 
 The server (http.server in a thread, on a free port) implements exactly the calls the launcher makes: create a
 TFJob in a namespace, get it, delete it, list pods by label, read a pod's log. The real ``kubernetes`` client
@@ -29,8 +29,8 @@ import pytest
 from kfp import dsl
 from kubernetes import client as k8s
 
-from arcface import launch
 from arcface.config import TrainConfig
+from arcface.mlops import tfjob
 from components.launch_tfjob import launch_tfjob
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,23 +220,23 @@ def aligned_folder(root: Path) -> Path:
     return folder
 
 
-def request(pvc: Path, name: str = "arcface-run-1-abc", **kwargs) -> launch.TFJobRequest:
+def request(pvc: Path, name: str = "arcface-run-1-abc", **kwargs) -> tfjob.TFJobRequest:
     values = {"name": name, "namespace": NAMESPACE, "image": "arcface-kfp/cpu:test", "workers": 2,
               "config": CONFIG, "pvc_name": "faces", "pvc_mount_path": str(pvc)}
-    return launch.TFJobRequest(**{**values, **kwargs})
+    return tfjob.TFJobRequest(**{**values, **kwargs})
 
 
 def workers_finish(pvc: Path, seen: dict):
     """What the workers leave on the PVC when they succeed (the chief's model folder and result file)."""
     def write(job: dict) -> None:
-        run_dir = launch.run_folder(str(pvc), job["metadata"]["name"])
+        run_dir = tfjob.run_folder(str(pvc), job["metadata"]["name"])
         seen["staged"] = (Path(run_dir) / "manifest" / "crops" / "train" / "s1" / "1.png").is_file()
-        folder = Path(run_dir, launch.MODEL_FOLDER)
+        folder = Path(run_dir, tfjob.MODEL_FOLDER)
         (folder / "checkpoints").mkdir(parents=True)
         (folder / "metadata.json").write_text(json.dumps({"epochs_completed": 1, "worker": 0}))
         (folder / "embedding_model.keras").write_bytes(b"model of worker 0")
         (folder / "checkpoints" / "ckpt-1.index").write_bytes(b"ckpt")
-        Path(run_dir, launch.RESULT_FILE).write_text(json.dumps({
+        Path(run_dir, tfjob.RESULT_FILE).write_text(json.dumps({
             "epochs_completed": 1, "steps": 2, "stopped": "completed", "best_val_accuracy": 0.5,
             "history": [{"epoch": 1, "loss": 4.12, "accuracy": 0.25, "val_accuracy": 0.5}],
             "manifest_sha256": "f" * 64, "images_per_second": 12.5}))
@@ -248,7 +248,7 @@ def workers_finish(pvc: Path, seen: dict):
 # ---------------------------------------------------------------------------------------------------------
 def test_the_spec_runs_the_train_steps_call_on_n_workers_with_the_pvc(tmp_path):
     config = {**CONFIG, "train_data": "/data/$(HOME)/faces"}  # a `$(...)` Kubernetes must not expand
-    job = launch.build_tfjob(request(tmp_path, workers=3, gpus_per_worker=2, config=config,
+    job = tfjob.build_tfjob(request(tmp_path, workers=3, gpus_per_worker=2, config=config,
                                      resources={"cpu_request": "4", "cpu_limit": "8", "memory_request": "8Gi",
                                                 "memory_limit": "16Gi"},
                                      node_selector={"pool": "gpu"},
@@ -276,7 +276,7 @@ def test_the_spec_runs_the_train_steps_call_on_n_workers_with_the_pvc(tmp_path):
     assert workers["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
 
     command = container["command"]
-    assert command[:4] == ["python3", "-m", "arcface.launch", "worker"]
+    assert command[:4] == ["python3", "-m", "arcface", "tfjob-worker"]
     args = dict(zip(command[4::2], command[5::2], strict=True))
     run_dir = str(tmp_path / "arcface-tfjobs" / "arcface-run-1-abc")
     assert args["--run-dir"] == run_dir and args["--manifest"] == run_dir + "/manifest"
@@ -286,7 +286,7 @@ def test_the_spec_runs_the_train_steps_call_on_n_workers_with_the_pvc(tmp_path):
 
 
 def test_the_spec_without_gpus_asks_for_none(tmp_path):
-    job = launch.build_tfjob(request(tmp_path, workers=2))
+    job = tfjob.build_tfjob(request(tmp_path, workers=2))
     container = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
     assert "resources" not in container or not container["resources"].get("limits")
@@ -301,9 +301,9 @@ def test_a_tfjob_needs_a_pvc_and_a_worker(tmp_path):
 
 
 def test_job_names_are_dns_labels_unique_to_the_run():
-    name = launch.job_name("arcface-training-20260101-ABC_def/x" * 3)
+    name = tfjob.job_name("arcface-training-20260101-ABC_def/x" * 3)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 48
-    assert launch.job_name("run-1") == launch.job_name("run-1") != launch.job_name("run-2")
+    assert tfjob.job_name("run-1") == tfjob.job_name("run-1") != tfjob.job_name("run-2")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_component_runs_the_job_to_success_and_hands_on_the_chiefs_model(tmp_pat
     fake = FakeKubernetes(["Created", "Running", "Running", "Succeeded"],
                           on_state={"Succeeded": workers_finish(pvc, seen)})
     api_client = api(fake)
-    monkeypatch.setattr(launch, "in_cluster", lambda: (api_client, NAMESPACE))
+    monkeypatch.setattr(tfjob, "in_cluster", lambda: (api_client, NAMESPACE))
     model = dsl.Model(name="model", uri=str(tmp_path / "artifacts" / "model"))
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "artifacts" / "metrics"))
     launch_tfjob.python_func(
@@ -323,7 +323,7 @@ def test_component_runs_the_job_to_success_and_hands_on_the_chiefs_model(tmp_pat
         gpus_per_worker=0, gpu_resource="nvidia.com/gpu", resources={}, node_selector={}, tolerations=[],
         timeout_minutes=1.0, poll_seconds=0.01, run_id="arcface-training-x7k2p")
 
-    name = launch.job_name("arcface-training-x7k2p")
+    name = tfjob.job_name("arcface-training-x7k2p")
     created = fake.jobs[name]
     assert created["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
     assert seen["staged"], "the manifest and its crops were on the PVC before the workers ran"
@@ -331,7 +331,7 @@ def test_component_runs_the_job_to_success_and_hands_on_the_chiefs_model(tmp_pat
     assert (Path(model.path) / "embedding_model.keras").read_bytes() == b"model of worker 0"
     assert json.loads((Path(model.path) / "metadata.json").read_text())["worker"] == 0
     assert (Path(model.path) / "checkpoints" / "ckpt-1.index").is_file()
-    assert not os.path.exists(launch.run_folder(str(pvc), name)), "the run's folder is removed after the copy"
+    assert not os.path.exists(tfjob.run_folder(str(pvc), name)), "the run's folder is removed after the copy"
     assert metrics.metadata == {"workers": 2, "epochs_completed": 1, "steps": 2, "images_per_second": 12.5,
                                 "best_val_accuracy": 0.5, "final_loss": 4.12, "final_accuracy": 0.25,
                                 "final_val_accuracy": 0.5}
@@ -356,8 +356,8 @@ def test_a_failed_job_names_the_job_the_replica_and_the_reason(tmp_path, api):
     pvc = tmp_path / "pvc"
     fake = FakeKubernetes(["Created", "Running", "Failed"], failed_replica=1)
     out = io.StringIO()
-    with pytest.raises(launch.TFJobError) as failure:
-        launch.launch(request(pvc), str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api(fake),
+    with pytest.raises(tfjob.TFJobError) as failure:
+        tfjob.launch(request(pvc), str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api(fake),
                       poll_seconds=0.01, timeout_seconds=60, out=out)
     message = str(failure.value)
     assert f"TFJob {NAMESPACE}/arcface-run-1-abc failed" in message
@@ -365,7 +365,7 @@ def test_a_failed_job_names_the_job_the_replica_and_the_reason(tmp_path, api):
     assert "worker-1 (pod arcface-run-1-abc-worker-1, exit code 1 (Error): ValueError: boom)" in message
     assert "[worker-1] ValueError: boom on worker 1" in out.getvalue()  # the failed replica's last lines
     assert not (tmp_path / "model").exists()
-    assert os.path.isdir(launch.run_folder(str(pvc), "arcface-run-1-abc")), "kept: a retry resumes from it"
+    assert os.path.isdir(tfjob.run_folder(str(pvc), "arcface-run-1-abc")), "kept: a retry resumes from it"
     # The failed job's pods that still run (the other workers) must not keep their GPUs: the job is deleted.
     assert deletes(fake) == ["arcface-run-1-abc"] and not fake.jobs
     assert "the step failed: deleted TFJob team-a/arcface-run-1-abc, which it created" in out.getvalue()
@@ -388,7 +388,7 @@ def test_ctrl_c_while_following_deletes_the_job_it_created(tmp_path, api):
 
     out = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
-        launch.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
+        tfjob.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
                       api_client=api(fake), poll_seconds=0.01, timeout_seconds=60, out=out, sleep=sleep)
     assert fake.state == "Running" and deletes(fake) == ["arcface-run-1-abc"] and not fake.jobs
     assert "the step was interrupted: deleted TFJob team-a/arcface-run-1-abc, which it created" in out.getvalue()
@@ -396,15 +396,15 @@ def test_ctrl_c_while_following_deletes_the_job_it_created(tmp_path, api):
 
 def test_a_job_deleted_from_outside_is_a_clear_failure(tmp_path, api):
     fake = FakeKubernetes(["Created", "Running", "deleted"])
-    with pytest.raises(launch.TFJobError, match=f"TFJob {NAMESPACE}/arcface-run-1-abc was deleted while running"):
-        launch.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
+    with pytest.raises(tfjob.TFJobError, match=f"TFJob {NAMESPACE}/arcface-run-1-abc was deleted while running"):
+        tfjob.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
                       api_client=api(fake), poll_seconds=0.01, timeout_seconds=60, out=io.StringIO())
 
 
 def test_a_job_past_the_timeout_is_deleted(tmp_path, api):
     fake = FakeKubernetes(["Running"])
-    with pytest.raises(launch.TFJobError, match="did not finish within .* minutes .*Running.*deleted it"):
-        launch.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
+    with pytest.raises(tfjob.TFJobError, match="did not finish within .* minutes .*Running.*deleted it"):
+        tfjob.launch(request(tmp_path / "pvc"), str(aligned_folder(tmp_path)), str(tmp_path / "model"),
                       api_client=api(fake), poll_seconds=0.01, timeout_seconds=0.1, out=io.StringIO())
     assert ("DELETE", f"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/tfjobs/arcface-run-1-abc", {}) in fake.requests
     assert not fake.jobs
@@ -416,9 +416,9 @@ def test_a_retried_launcher_follows_the_job_its_first_attempt_created(tmp_path, 
     fake = FakeKubernetes(["Running", "Succeeded"], on_state={"Succeeded": workers_finish(pvc, seen)})
     api_client = api(fake)
     job = request(pvc)
-    fake.jobs[job.name] = launch.build_tfjob(job)
+    fake.jobs[job.name] = tfjob.build_tfjob(job)
     out = io.StringIO()
-    result = launch.launch(job, str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api_client,
+    result = tfjob.launch(job, str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api_client,
                            poll_seconds=0.01, timeout_seconds=60, out=out)
     assert "exists already (a retried step): following it" in out.getvalue()
     assert result["stopped"] == "completed"
@@ -432,9 +432,9 @@ def test_a_job_the_launcher_did_not_create_is_not_deleted_when_it_fails(tmp_path
     fake = FakeKubernetes(["Running", "Failed"], failed_replica=1)
     api_client = api(fake)
     job = request(tmp_path / "pvc")
-    fake.jobs[job.name] = launch.build_tfjob(job)
-    with pytest.raises(launch.TFJobError, match="failed"):
-        launch.launch(job, str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api_client,
+    fake.jobs[job.name] = tfjob.build_tfjob(job)
+    with pytest.raises(tfjob.TFJobError, match="failed"):
+        tfjob.launch(job, str(aligned_folder(tmp_path)), str(tmp_path / "model"), api_client=api_client,
                       poll_seconds=0.01, timeout_seconds=60, out=io.StringIO())
     assert deletes(fake) == [] and job.name in fake.jobs
 
@@ -444,12 +444,12 @@ LAUNCHER = textwrap.dedent("""
     import json, sys
     from kfp import dsl
     from kubernetes import client as k8s
-    from arcface import launch
+    from arcface.mlops import tfjob
     from components.launch_tfjob import launch_tfjob
 
     host, namespace, manifest, artifacts, pvc, config = sys.argv[1:]
     api_client = k8s.ApiClient(k8s.Configuration(host=host))
-    launch.in_cluster = lambda: (api_client, namespace)
+    tfjob.in_cluster = lambda: (api_client, namespace)
     launch_tfjob.python_func(
         config=json.loads(config), manifest=dsl.Dataset(name="aligned", uri=manifest),
         model=dsl.Model(name="model", uri=artifacts + "/model"),
@@ -466,9 +466,9 @@ def test_a_terminated_launcher_deletes_the_job_it_created(tmp_path, api, adopted
     job it found already there (adopted) is left running."""
     fake = FakeKubernetes(["Created", "Running"])
     api_client = api(fake)
-    name = launch.job_name("arcface-training-stop")
+    name = tfjob.job_name("arcface-training-stop")
     if adopted:
-        fake.jobs[name] = launch.build_tfjob(request(tmp_path / "pvc", name=name))
+        fake.jobs[name] = tfjob.build_tfjob(request(tmp_path / "pvc", name=name))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, api_client.configuration.host, NAMESPACE, str(aligned_folder(tmp_path)),
@@ -496,22 +496,22 @@ def test_a_terminated_launcher_deletes_the_job_it_created(tmp_path, api, adopted
     else:
         assert deletes(fake) == [name] and not fake.jobs, output[-3000:]
         assert f"the step was terminated (SIGTERM): deleted TFJob {NAMESPACE}/{name}, which it created" in output
-        # The step's error says it too, for the run's record (arcface.notify.failures_logged).
+        # The step's error says it too, for the run's record (arcface.mlops.notify.failures_logged).
         assert (f"TFJobError: the step was terminated (SIGTERM) while TFJob {NAMESPACE}/{name} ran: deleted "
                 f"TFJob {NAMESPACE}/{name}, which it created") in output, output[-3000:]
 
 
 def test_bounds_and_data_the_workers_cannot_see(tmp_path, api):
     with pytest.raises(ValueError, match="poll_seconds must be between"):
-        launch.follow(None, "x", NAMESPACE, poll_seconds=0)
+        tfjob.follow(None, "x", NAMESPACE, poll_seconds=0)
     with pytest.raises(ValueError, match="poll_seconds must be between"):
-        launch.follow(None, "x", NAMESPACE, poll_seconds=3600)
+        tfjob.follow(None, "x", NAMESPACE, poll_seconds=3600)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (outside / "manifest.json").write_text(json.dumps({
         "version": 1, "roots": {"train": str(tmp_path / "faces")}, "class_names": [], "rows": []}))
     with pytest.raises(ValueError, match="which the TFJob's workers cannot read"):
-        launch.stage(request(tmp_path / "pvc"), str(outside))
+        tfjob.stage(request(tmp_path / "pvc"), str(outside))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -544,8 +544,8 @@ def test_the_workers_command_trains_with_multi_worker_mirrored_strategy(tmp_path
     run_validation(str(pvc / "faces" / "train"), str(pvc / "faces" / "validation"), str(tmp_path / "manifest"),
                    n_classes=3)
     job = request(pvc, config={**CONFIG, "align": "none"})
-    launch.stage(job, str(tmp_path / "manifest"))
-    container = launch.build_tfjob(job)["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    tfjob.stage(job, str(tmp_path / "manifest"))
+    container = tfjob.build_tfjob(job)["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     command = [sys.executable if part == "python3" else part.replace("$$", "$") for part in container["command"]]
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     repo = Path(__file__).resolve().parents[2]
@@ -558,13 +558,13 @@ def test_the_workers_command_trains_with_multi_worker_mirrored_strategy(tmp_path
     assert [worker.returncode for worker in workers] == [0, 0], "\n\n".join(logs)
     metadata = json.loads((Path(job.model_folder) / "metadata.json").read_text())
     assert metadata["replicas"] == 2 and metadata["epochs_completed"] == 1, metadata
-    assert metadata["checkpoint_dir"] == os.path.join(job.run_dir, launch.CHECKPOINT_KEY)
+    assert metadata["checkpoint_dir"] == os.path.join(job.run_dir, tfjob.CHECKPOINT_KEY)
     assert list(Path(metadata["checkpoint_dir"]).glob("ckpt-*.index"))
     # Worker 1 wrote nothing of its own there: the run folder holds the staged manifest, the chief's model,
     # the checkpoints and the chief's result only.
     assert sorted(p.name for p in Path(job.run_dir).iterdir()) == sorted(
-        [launch.MANIFEST_FOLDER, launch.MODEL_FOLDER, launch.CHECKPOINT_KEY, launch.RESULT_FILE])
-    result = launch.copy_chief_model(job, str(tmp_path / "model"))
+        [tfjob.MANIFEST_FOLDER, tfjob.MODEL_FOLDER, tfjob.CHECKPOINT_KEY, tfjob.RESULT_FILE])
+    result = tfjob.copy_chief_model(job, str(tmp_path / "model"))
     assert result["stopped"] == "completed" and result["steps"] == 2
     trained = artifacts.load_model_dir(str(tmp_path / "model"))
     assert trained.class_names == ["s1", "s2", "s3"]

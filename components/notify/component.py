@@ -9,7 +9,7 @@ from components.common import LIGHT_IMAGE
 @dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)
 def report_run_end(status: dsl.PipelineTaskFinalStatus, model_store: str, model_name: str, notify_url: str,
                    run_id: str):
-    """Record how the run ended in the store's run log and POST it to ``notify_url`` (arcface.notify).
+    """Record how the run ended in the store's run log and POST it to ``notify_url`` (arcface.mlops.notify).
 
     Args:
         status: KFP's final status of the steps under the exit handler (state, failed task, message).
@@ -21,8 +21,8 @@ def report_run_end(status: dsl.PipelineTaskFinalStatus, model_store: str, model_
     """
     import json
 
-    from arcface.notify import report_run_end as report
-    from arcface.notify import run_end_record
+    from arcface.mlops.notify import report_run_end as report
+    from arcface.mlops.notify import run_end_record
 
     record = run_end_record(state=status.state, run_id=run_id, task=status.pipeline_task_name,
                             error_code=status.error_code, error_message=status.error_message,

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 from kfp import dsl, local
 
-from arcface.notify import failures_logged, report_run_end, run_end_record
-from arcface.store import ModelStore
+from arcface.mlops.notify import failures_logged, report_run_end, run_end_record
+from arcface.mlops.store import ModelStore
 from components.common import LIGHT_IMAGE
 from components.notify import report_run_end as report_component
 

@@ -10,7 +10,7 @@ from components.common import LIGHT_IMAGE
 @dsl.component(base_image=LIGHT_IMAGE, install_kfp_package=False)
 def promote_model(exported: Input[Model], evaluation: Input[Metrics], model_store: str, model_name: str,
                   keep_versions: int, run_id: str) -> int:
-    """arcface.store.promote: copy ``exported`` into ``<model_store>/<model_name>/<next version>/`` atomically,
+    """arcface.mlops.store.promote: copy ``exported`` into ``<model_store>/<model_name>/<next version>/`` atomically,
     move ``current`` to it, keep the newest ``keep_versions`` (never the current one).
 
     Args:
@@ -21,13 +21,13 @@ def promote_model(exported: Input[Model], evaluation: Input[Metrics], model_stor
         model_name: the model's folder in the store.
         keep_versions: versions kept after promoting (0 keeps all).
         run_id: the pipeline run, recorded in the lineage; a failure of this step is recorded under it in the
-            store's run log (arcface.notify.failures_logged), for the exit step.
+            store's run log (arcface.mlops.notify.failures_logged), for the exit step.
 
     Returns:
         The new version; 0 when there is no store.
     """
-    from arcface.notify import failures_logged
-    from arcface.store import open_store, promote
+    from arcface.mlops.notify import failures_logged
+    from arcface.mlops.store import open_store, promote
 
     with failures_logged("promote-model", model_store=model_store, model_name=model_name, run_id=run_id):
         store = open_store(model_store, model_name)

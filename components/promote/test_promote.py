@@ -7,7 +7,7 @@ import pytest
 from kfp import dsl, local
 
 from arcface.contracts import EvaluationDir
-from arcface.store import ModelStore, StoreConflict
+from arcface.mlops.store import ModelStore, StoreConflict
 from components.evaluate.test_evaluate import evaluation_folder
 from components.promote import promote_model
 from tests.core.test_store import export_folder

@@ -19,7 +19,7 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
             checkpoints/, logs/, config.yaml, metadata.json.
         metrics: epochs_completed, steps, images_per_second, best_val_accuracy, final loss and accuracy.
         model_store, model_name, run_id: where a failure of this step is recorded for the exit step
-            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere. run_id (the KFP run
+            (arcface.mlops.notify.failures_logged: the store's run log); empty model_store: nowhere. run_id (the KFP run
             name) is also the checkpoint_key when checkpoint_dir is set and the key is empty: a retry of this step
             (a new, empty model folder) resumes from the run's checkpoints, another run starts fresh.
         warm_start: with an empty init_from, start from model_store's champion when it has one
@@ -29,7 +29,7 @@ def train_model(config: dict, manifest: Input[Dataset], model: Output[Model], me
 
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
-    from arcface.notify import failures_logged
+    from arcface.mlops.notify import failures_logged
     from arcface.train import train
     from arcface.warm_start import pipeline_init_from
 

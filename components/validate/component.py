@@ -26,7 +26,7 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset], repor
             read, with their hashes) and the report as JSON and Markdown.
         report: the same report as Markdown, for the KFP UI.
         model_store, model_name, run_id: where a failure of this step is recorded for the exit step
-            (arcface.notify.failures_logged: the store's run log); empty model_store: nowhere.
+            (arcface.mlops.notify.failures_logged: the store's run log); empty model_store: nowhere.
 
     Returns:
         config: the validated TrainConfig as a dict, with train_data and validation_data resolved to absolute folders.
@@ -37,7 +37,7 @@ def validate_data(config: dict, data_root: str, manifest: Output[Dataset], repor
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
     from arcface.data import resolve_roots, run_validation
-    from arcface.notify import failures_logged
+    from arcface.mlops.notify import failures_logged
 
     with failures_logged("validate-data", model_store=model_store, model_name=model_name, run_id=run_id):
         values = dict(config)  # members arrive as strings ('3.0' for an int): from_dict converts and checks them

@@ -54,7 +54,8 @@ def test_function_writes_manifest_and_returns_the_resolved_config(faces, tmp_pat
 def test_n_classes_0_takes_the_count_from_the_data(faces, tmp_path, capsys):
     """What `pipeline.py run --local --data YOUR_FACES` relies on (its own 'next:' hint): 3 people here, where the
     flag's default is 10. An explicit count is still checked."""
-    import pipeline
+
+    from kfp_pipeline.local import local_arguments
 
     manifest, report = artifacts(tmp_path)
     (tmp_path / "out").mkdir()
@@ -65,8 +66,8 @@ def test_n_classes_0_takes_the_count_from_the_data(faces, tmp_path, capsys):
     with pytest.raises(DataError, match="--n_classes=10 but the training data has 3"):
         validate_data.python_func(config=kfp_strings(TrainConfig()), data_root=str(faces), manifest=manifest,
                                   report=report)
-    assert pipeline.local_arguments(data=str(faces))["n_classes"] == 0
-    assert pipeline.local_arguments(data=str(faces), params=["n_classes=3"])["n_classes"] == 3
+    assert local_arguments(data=str(faces))["n_classes"] == 0
+    assert local_arguments(data=str(faces), params=["n_classes=3"])["n_classes"] == 3
 
 
 def test_bad_config_fails_with_the_library_message(faces, tmp_path):

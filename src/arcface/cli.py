@@ -86,7 +86,7 @@ def _search(args) -> int:
         raise ValueError("pass either --gallery people/ (embed the gallery now) or --index IDX (an index from "
                          "`arcface enroll`)")
     if args.index is not None:
-        from arcface.gallery import search_index_command
+        from arcface.mlops.gallery import search_index_command
 
         return search_index_command(args.model, args.index, args.probe, args.top_k)
     if args.model is None:
@@ -97,7 +97,7 @@ def _search(args) -> int:
 
 
 def _enroll(args) -> int:
-    from arcface.gallery import enroll_command
+    from arcface.mlops.gallery import enroll_command
 
     return enroll_command(args.model, args.gallery, args.index, args.kind, args.on_no_face)
 
@@ -129,7 +129,7 @@ def _non_negative_float(text: str) -> float:
 
 
 def _serve(args) -> int:
-    from arcface.serving import serve
+    from arcface.mlops.serving import serve
 
     serve(args.model, name=args.name, http_port=args.http_port, index_path=args.index,
           max_instances=args.max_instances, grpc_port=args.grpc_port, host=args.host, on_no_face=args.on_no_face,
@@ -156,7 +156,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_enroll(sub)
     _add_import(sub)
     _add_serve(sub)
+    _add_images(sub)
+    _add_tfjob_worker(sub)
     return parser
+
+
+def _add_images(sub) -> None:
+    p = sub.add_parser("images", help="the container images' tags as NAME=value lines (docker/build.sh reads "
+                                      "them); `images record ...` adds a pushed image's digest to a digests file")
+    p.add_argument("arguments", nargs=argparse.REMAINDER, help="nothing, or: record --file F --flavor F "
+                                                                 "--digest sha256:... --revision R")
+    p.set_defaults(run=_images)
+
+
+def _images(args) -> int:
+    from arcface.mlops import images
+
+    images.main(args.arguments)
+    return 0
+
+
+def _add_tfjob_worker(sub) -> None:
+    p = sub.add_parser("tfjob-worker", help="train as one worker of a TFJob (the pods' command; save_path "
+                                            "<run-dir>/model, written by the chief only)")
+    p.add_argument("--config", required=True, help="the validated TrainConfig as JSON (the train step's dict)")
+    p.add_argument("--manifest", required=True, help="the manifest folder (staged on the PVC)")
+    p.add_argument("--run-dir", required=True, help="the run's folder on the PVC")
+    p.set_defaults(run=_tfjob_worker)
+
+
+def _tfjob_worker(args) -> int:
+    from arcface.mlops.tfjob import run_worker
+
+    return run_worker(args.config, args.manifest, args.run_dir)
 
 
 def _add_train(sub) -> None:

@@ -9,7 +9,7 @@ files itself, so the layout is defined once::
     ModelDir       train:     config.yaml, metadata.json, the two .keras models, best/, checkpoints/, logs/
     EvaluationDir  evaluate:  metrics.json (its "summary" is an EvaluationSummary), report.html
     ExportDir      export:    model_card.json/.md, saved_model/, model.keras, model*.tflite, model.onnx
-    StoreVersion   promote:   <store>/<model>/<version>/assets.extra/lineage.json (arcface.store)
+    StoreVersion   promote:   <store>/<model>/<version>/assets.extra/lineage.json (arcface.mlops.store)
 
 Every JSON file written here carries a schema version (``schema_version``; the manifest's own key is
 ``version``) and its reader refuses a file with another or no version, naming the step to re-run: a file
@@ -408,7 +408,7 @@ class ExportDir:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the model store (arcface.store)
+# the model store (arcface.mlops.store)
 # ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StoreVersion:
@@ -433,7 +433,7 @@ class StoreVersion:
     started_from: dict[str, Any] | None = None
 
     SCHEMA_VERSION: ClassVar[int] = 1
-    PRODUCER: ClassVar[str] = "the promote step (`arcface.store.ModelStore.add_version`)"
+    PRODUCER: ClassVar[str] = "the promote step (`arcface.mlops.store.ModelStore.add_version`)"
 
     @classmethod
     def write(cls, path: str | os.PathLike, lineage: dict[str, Any]) -> dict[str, Any]:

@@ -151,7 +151,7 @@ class Embedder:
 
     def prepare_decoded(self, images: Sequence[np.ndarray], names: Sequence[str],
                         faces: Sequence[Sequence[Any]] | None, on_no_face: str, offset: int = 0) -> Prepared:
-        """:meth:`prepare` from decoded photos and their faces: a server (:mod:`arcface.serving`) decodes each
+        """:meth:`prepare` from decoded photos and their faces: a server (:mod:`arcface.mlops.serving`) decodes each
         request's photos, detects the faces of concurrent requests' photos in one detector call and embeds
         their inputs in one forward pass; :meth:`Prepared.embedded` then finishes each request as
         :meth:`embed_encoded` would have."""
@@ -362,7 +362,7 @@ def _load_embedder(path: str) -> Embedder:
                         _alignment_from(path))
     if os.path.isfile(os.path.join(path, ExportDir.KERAS_FILE)):  # an export: the .keras file loads fastest
         return _from_keras_file(os.path.join(path, ExportDir.KERAS_FILE), path)
-    from arcface.store import EXTRA_DIR
+    from arcface.mlops.store import EXTRA_DIR
 
     extra = os.path.join(path, EXTRA_DIR)  # a model-store version: the export's other files and its card
     if ExportDir.has_card(extra) and os.path.isfile(os.path.join(extra, ExportDir.KERAS_FILE)):

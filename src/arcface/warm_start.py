@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from arcface.contracts import ExportDir, ModelDir
-from arcface.store import EXTRA_DIR, ModelStore
+from arcface.mlops.store import EXTRA_DIR, ModelStore
 
 log = logging.getLogger(__name__)
 

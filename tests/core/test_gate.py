@@ -1,4 +1,4 @@
-"""arcface.gate.decide over a table of cases; each expectation is derived by hand from the gate's rules."""
+"""arcface.mlops.gate.decide over a table of cases; each expectation is derived by hand from the gate's rules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from arcface.contracts import BEST_THRESHOLD, KFOLD_MEAN, EvaluationSummary
-from arcface.gate import decide
+from arcface.mlops.gate import decide
 
 
 def evaluation(accuracy: float, kind: str = KFOLD_MEAN) -> EvaluationSummary:

@@ -1,4 +1,4 @@
-"""arcface.store: versions in TF Serving's layout, atomic and exclusive creation, pointer, pruning, run log."""
+"""arcface.mlops.store: versions in TF Serving's layout, atomic and exclusive creation, pointer, pruning, run log."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from arcface import store as S
 from arcface.contracts import ContractError, ExportDir, StoreVersion
+from arcface.mlops import store as S
 
 
 def export_folder(path: Path, accuracy: float = 0.9) -> Path:

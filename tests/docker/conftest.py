@@ -1,7 +1,7 @@
 """The docker test tier: a private engine, the images built once per session, torn down at the end.
 
 ``docker_images`` (session scope) is meant to be reused by every test that runs containers, e.g. a
-whole-pipeline run with ``kfp.local.DockerRunner``: it returns the tags from :mod:`arcface.images` and
+whole-pipeline run with ``kfp.local.DockerRunner``: it returns the tags from :mod:`arcface.mlops.images` and
 the ``DOCKER_HOST`` of the engine, and sets ``DOCKER_HOST`` in ``os.environ`` for the session (the
 docker SDK that kfp uses reads it).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from arcface import images
+from arcface.mlops import images
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO / "docker"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import arcface
-from arcface import images
+from arcface.mlops import images
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
@@ -80,7 +80,7 @@ def test_images_module_prints_what_build_sh_reads():
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop(images.REPOSITORY_ENV, None)
     out = subprocess.run(
-        [sys.executable, "-m", "arcface.images"],
+        [sys.executable, "-m", "arcface.mlops.images"],
         capture_output=True,
         text=True,
         env=env,

@@ -2,7 +2,7 @@
 
 ``python pipeline.py run --docker`` (the command a user types) on the bundled real faces (sample/orl, all 10
 identities: about 30 s of steps on 2 cores) with a tiny backbone and the gate at 0.0, so export runs in all four
-formats. The data reaches the containers as a read-only bind mount at its host path (pipeline.docker_runner); the
+formats. The data reaches the containers as a read-only bind mount at its host path (local.docker_runner); the
 pipeline root is DockerRunner's own read-write mount. Also: a step that fails in its container fails the run.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
 from arcface import contracts
 from components.common import LIGHT_IMAGE
+from kfp_pipeline import dag, local
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -50,7 +50,7 @@ def docker_run(docker_images, sample_dir, tmp_path_factory) -> dict:
                           timeout=RUN_TIMEOUT_S)
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{terminal[-8000:]}"
-    (run_dir,) = [p for p in output.iterdir() if p.name.startswith(pipeline.PIPELINE_NAME)]
+    (run_dir,) = [p for p in output.iterdir() if p.name.startswith(dag.PIPELINE_NAME)]
     # The terminal shows progress; kfp.local's and the containers' output is in the run's log.
     log = (run_dir / "run.log").read_text()
     return {"run_dir": run_dir, "log": log, "terminal": terminal, "output": output, "sample_before": before}
@@ -70,7 +70,7 @@ def test_every_step_ran_in_the_local_images(docker_run, docker_images):
         "summary.json", "train-model", "validate-data"]
     # The outputs were written by the container user: the images' own uid 1000 when the caller is root (the
     # pipeline root is handed to it), the caller's uid otherwise (DockerRunner(user=uid:gid)).
-    owner = pipeline.IMAGE_UID if os.getuid() == 0 else os.getuid()
+    owner = local.IMAGE_UID if os.getuid() == 0 else os.getuid()
     for path in (run_dir, run_dir / "train-model" / "model" / "embedding_model.keras"):
         assert path.stat().st_uid == owner, path
 
@@ -171,7 +171,7 @@ def test_a_failing_step_fails_the_run(docker_images, tmp_path, capfd):
     # A data root that does not exist is not mounted; validate (in its container) names it and the run stops.
     arguments = {**TINY, "data_root": "/nonexistent/faces"}
     with pytest.raises(RuntimeError, match="Inner task failed: .*validate-data"):
-        pipeline.run_local(arguments, str(tmp_path / "runs"), docker=True)
+        local.run_local(arguments, str(tmp_path / "runs"), docker=True)
     out = capfd.readouterr().out
     assert "'/nonexistent/faces' does not exist" in out
     assert f"Found image {LIGHT_IMAGE!r}" in out

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arcface import __version__, images
+from arcface import __version__
+from arcface.mlops import images
 from tests.docker.conftest import BUILD_TIMEOUT_S, _free_port
 
 REPO = Path(__file__).resolve().parents[2]

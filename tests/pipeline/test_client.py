@@ -18,6 +18,7 @@ import yaml
 import arcface
 import pipeline
 from arcface import config as cfg
+from kfp_pipeline import dag
 
 HOST = "http://kfp.example.test:8080"
 
@@ -131,7 +132,7 @@ def test_submit_uploads_the_pipeline_once_and_runs_a_version_of_it(server, capsy
     experiment = server.one("POST", "/apis/v2beta1/experiments")["body"]
     assert experiment == {"display_name": "faces", "namespace": "team-a"}
     upload = server.one("POST", "/apis/v2beta1/pipelines/upload")
-    assert upload["query"]["name"] == [pipeline.PIPELINE_NAME]
+    assert upload["query"]["name"] == [dag.PIPELINE_NAME]
     (version_upload,) = server.posts("/apis/v2beta1/pipelines/upload_version")
     (named,) = [v for v in server.versions if v["display_name"] == version_upload["query"]["name"][0]]
     assert named["display_name"] == expected_version_name(named["spec"])
@@ -144,7 +145,7 @@ def test_submit_uploads_the_pipeline_once_and_runs_a_version_of_it(server, capsy
                                                   "pipeline_version_id": named["pipeline_version_id"]}
     assert body["runtime_config"]["parameters"] == {"data_root": "/data/faces", "epochs": 20, "max_minutes": 60.0}
     spec = uploaded_spec(server, named["pipeline_version_id"])
-    assert spec["pipelineInfo"]["name"] == pipeline.PIPELINE_NAME
+    assert spec["pipelineInfo"]["name"] == dag.PIPELINE_NAME
     assert set(spec_tasks(spec)) == {"exit-handler-1", "report-run-end"}
     steps = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert set(steps) == {"validate-data", "align-faces", "train-model", "evaluate-model", "quality-gate",
@@ -182,7 +183,7 @@ def test_schedule_creates_a_cron_recurring_run_of_a_pipeline_version(server, cap
     version_id = body["pipeline_version_reference"]["pipeline_version_id"]
     spec_bytes = [v["spec"] for v in server.versions if v["pipeline_version_id"] == version_id][0]
     pipeline_spec, platform = list(yaml.safe_load_all(spec_bytes))
-    assert pipeline_spec["pipelineInfo"]["name"] == pipeline.PIPELINE_NAME
+    assert pipeline_spec["pipelineInfo"]["name"] == dag.PIPELINE_NAME
     assert "pvcMount" in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
     assert f"created recurring run {next(iter(server.recurring_runs))}" in capsys.readouterr().out
 

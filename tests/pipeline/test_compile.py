@@ -16,7 +16,9 @@ import yaml
 
 import pipeline
 from arcface import config as cfg
-from arcface import images
+from arcface.mlops import images
+from kfp_pipeline import cli as pipeline_cli
+from kfp_pipeline import cluster, dag, local
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "arcface_pipeline.yaml"
@@ -33,7 +35,7 @@ def no_image_digests(tmp_path, monkeypatch):
 
 
 def compile_docs(tmp_path, options=None) -> list[dict]:
-    path = pipeline.compile_pipeline(str(tmp_path / "p.yaml"), options)
+    path = dag.compile_pipeline(str(tmp_path / "p.yaml"), options)
     with open(path, encoding="utf-8") as f:
         return list(yaml.safe_load_all(f))
 
@@ -103,10 +105,10 @@ def test_every_config_field_is_a_parameter_with_its_default(spec):
         assert p["parameterType"] == KFP_TYPES[cfg.field_type(field)], field.name
         assert p["defaultValue"] == field.default, field.name  # ints come back as 10.0 == 10
         assert p["description"].startswith(field.metadata["help"]), field.name
-    for name, (kind, default, _) in pipeline.PIPELINE_PARAMETERS.items():
+    for name, (kind, default, _) in dag.PIPELINE_PARAMETERS.items():
         assert params[name]["parameterType"] == KFP_TYPES[kind]
         assert params[name]["defaultValue"] == default
-    assert set(params) == {f.name for f in cfg.fields()} | set(pipeline.PIPELINE_PARAMETERS)
+    assert set(params) == {f.name for f in cfg.fields()} | set(dag.PIPELINE_PARAMETERS)
 
 
 def test_original_flag_defaults_are_kept(spec):
@@ -149,24 +151,24 @@ def test_caching_is_off(spec):
 def test_retries(spec):
     tasks = all_tasks(spec)
     for name, step in STEPS.items():
-        retries, backoff = pipeline.RETRIES[step]
+        retries, backoff = dag.RETRIES[step]
         if not retries:
             assert "retryPolicy" not in tasks[name], name
             continue
         assert tasks[name]["retryPolicy"] == {"maxRetryCount": retries, "backoffDuration": backoff,
-                                              "backoffFactor": pipeline.BACKOFF_FACTOR,
-                                              "backoffMaxDuration": pipeline.BACKOFF_MAX}, name
+                                              "backoffFactor": dag.BACKOFF_FACTOR,
+                                              "backoffMaxDuration": dag.BACKOFF_MAX}, name
 
 
 def test_local_runs_have_no_retries(tmp_path):
-    spec = compile_docs(tmp_path, pipeline.DeployOptions(retries=False))[0]
+    spec = compile_docs(tmp_path, dag.DeployOptions(retries=False))[0]
     assert all("retryPolicy" not in task for task in all_tasks(spec).values())
 
 
 def test_resources(spec):
     executors = spec["deploymentSpec"]["executors"]
     for name, step in STEPS.items():
-        cpu_request, cpu_limit, memory_request, memory_limit = pipeline.RESOURCES[step]
+        cpu_request, cpu_limit, memory_request, memory_limit = dag.RESOURCES[step]
         resources = executors[f"exec-{name}"]["container"]["resources"]
         assert resources["resourceCpuRequest"] == cpu_request
         assert resources["resourceCpuLimit"] == cpu_limit
@@ -216,7 +218,7 @@ def test_workers_turn_the_train_step_into_a_tfjob_launcher(tmp_path):
                                                                      "producerTask": "align-faces"}
     constants = {name: value["runtimeValue"]["constant"] for name, value in inputs["parameters"].items()
                  if "constant" in value.get("runtimeValue", {})}
-    cpu_request, cpu_limit, memory_request, memory_limit = pipeline.RESOURCES["train"]
+    cpu_request, cpu_limit, memory_request, memory_limit = dag.RESOURCES["train"]
     assert constants == {
         "workers": 2, "gpus_per_worker": 1, "gpu_resource": "nvidia.com/gpu", "image": images.gpu_image(),
         "pvc_name": "faces", "pvc_mount_path": "/mnt/faces", "node_selector": {"pool": "gpu"},
@@ -232,8 +234,8 @@ def test_workers_turn_the_train_step_into_a_tfjob_launcher(tmp_path):
     # The launcher itself is a small CPU pod with the PVC; the GPUs, node selector and tolerations are the workers'.
     executor = spec["deploymentSpec"]["executors"]["exec-launch-tfjob"]["container"]
     assert executor["image"] == images.cpu_image() and "accelerator" not in executor["resources"]
-    assert executor["resources"]["resourceCpuLimit"] == pipeline.RESOURCES["launch"][1]
-    assert launcher["retryPolicy"]["maxRetryCount"] == pipeline.RETRIES["launch"][0]
+    assert executor["resources"]["resourceCpuLimit"] == dag.RESOURCES["launch"][1]
+    assert launcher["retryPolicy"]["maxRetryCount"] == dag.RETRIES["launch"][0]
     assert launcher["cachingOptions"].get("enableCache", False) is False
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-launch-tfjob"]
     assert [m["mountPath"] for m in k8s["pvcMount"]] == ["/mnt/faces"]
@@ -253,9 +255,9 @@ def test_bad_worker_options_are_refused(tmp_path, capsys, flags, message):
 
 def test_submit_and_schedule_take_the_worker_options():
     for command in (["submit", "--host", "http://kfp"], ["schedule", "--host", "http://kfp", "--every", "7d"]):
-        args = pipeline.build_parser().parse_args([*command, "--workers", "4", "--gpus-per-worker", "2",
+        args = pipeline_cli.build_parser().parse_args([*command, "--workers", "4", "--gpus-per-worker", "2",
                                                    "--pvc", "faces"])
-        options = pipeline.deploy_options(args)
+        options = pipeline_cli.deploy_options(args)
         assert (options.workers, options.gpus_per_worker, options.tfjob) == (4, 2, True)
 
 
@@ -271,7 +273,7 @@ def normalized(text: str) -> str:
 
 
 def test_golden_file(tmp_path):
-    path = pipeline.compile_pipeline(str(tmp_path / "p.yaml"))
+    path = dag.compile_pipeline(str(tmp_path / "p.yaml"))
     got = normalized(Path(path).read_text(encoding="utf-8"))
     want = normalized(GOLDEN.read_text(encoding="utf-8"))
     assert got == want, ("the compiled pipeline differs from tests/pipeline/golden/arcface_pipeline.yaml; if the "
@@ -280,7 +282,7 @@ def test_golden_file(tmp_path):
 
 
 def test_compiles_without_tensorflow(tmp_path):
-    code = (f"import sys, pipeline; pipeline.compile_pipeline({str(tmp_path / 'p.yaml')!r}); "
+    code = (f"import sys, pipeline; from kfp_pipeline import dag; dag.compile_pipeline({str(tmp_path / 'p.yaml')!r}); "
             "assert 'tensorflow' not in sys.modules, 'pipeline.py imported TensorFlow'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
@@ -288,41 +290,41 @@ def test_compiles_without_tensorflow(tmp_path):
 def test_export_formats_default_is_the_library_default():
     from arcface import export
 
-    assert pipeline.PIPELINE_PARAMETERS["export_formats"][1] == ",".join(export.FORMATS)
-    assert pipeline.PIPELINE_PARAMETERS["quantize"][1] == export.QUANTIZE[0]
+    assert dag.PIPELINE_PARAMETERS["export_formats"][1] == ",".join(export.FORMATS)
+    assert dag.PIPELINE_PARAMETERS["quantize"][1] == export.QUANTIZE[0]
 
 
 def test_local_preset_is_a_valid_config_and_only_known_parameters():
     fields = {f.name for f in cfg.fields()}
-    assert set(pipeline.LOCAL_PRESET) <= fields | set(pipeline.PIPELINE_PARAMETERS)
-    cfg.from_dict({k: v for k, v in pipeline.LOCAL_PRESET.items() if k in fields}).validate()
+    assert set(local.LOCAL_PRESET) <= fields | set(dag.PIPELINE_PARAMETERS)
+    cfg.from_dict({k: v for k, v in local.LOCAL_PRESET.items() if k in fields}).validate()
 
 
 def test_param_parsing():
-    assert pipeline.parse_params(["epochs=3", "lr=0.01", "augment=false", "accuracy_threshold=0.8"]) == {
+    assert dag.parse_params(["epochs=3", "lr=0.01", "augment=false", "accuracy_threshold=0.8"]) == {
         "epochs": 3, "lr": 0.01, "augment": False, "accuracy_threshold": 0.8}
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
-        pipeline.parse_params(["epoch=3"])
+        dag.parse_params(["epoch=3"])
     with pytest.raises(cfg.ConfigError, match="epochs: expected an integer"):
-        pipeline.parse_params(["epochs=three"])
+        dag.parse_params(["epochs=three"])
     # The original flag's spelling is the parameter init_from.
-    assert pipeline.parse_params(["use_param_folder=/m/run1", "warm_start=false"]) == {
+    assert dag.parse_params(["use_param_folder=/m/run1", "warm_start=false"]) == {
         "init_from": "/m/run1", "warm_start": False}
-    assert pipeline.parse_every("7d") == 7 * 86400
-    assert pipeline.parse_every("90m") == 5400
+    assert cluster.parse_every("7d") == 7 * 86400
+    assert cluster.parse_every("90m") == 5400
     with pytest.raises(ValueError, match="prefix a seconds field"):
-        pipeline.check_cron("0 3 * * 0")
+        cluster.check_cron("0 3 * * 0")
 
 
 def test_config_file_overrides_the_preset(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 2\nbackbone: TinyFaceNet\n")
-    arguments = pipeline.local_arguments(config=str(path), data=str(tmp_path), params=["epochs=1"])
+    arguments = local.local_arguments(config=str(path), data=str(tmp_path), params=["epochs=1"])
     assert arguments["backbone"] == "TinyFaceNet" and arguments["epochs"] == 1
-    assert arguments["image_size"] == pipeline.LOCAL_PRESET["image_size"]
+    assert arguments["image_size"] == local.LOCAL_PRESET["image_size"]
     assert arguments["data_root"] == str(tmp_path)
     path.write_text("epoch: 2\n")
     with pytest.raises(cfg.ConfigError, match="did you mean 'epochs'"):
-        pipeline.local_arguments(config=str(path))
+        local.local_arguments(config=str(path))
     path.write_text("use_param_folder: /m/run1\n")  # the original key, as a training config file has it
-    assert pipeline.local_arguments(config=str(path))["init_from"] == "/m/run1"
+    assert local.local_arguments(config=str(path))["init_from"] == "/m/run1"

@@ -1,4 +1,4 @@
-"""Images by digest: the digests file ``docker/build.sh --push`` writes (arcface.images) and the compiled pipeline
+"""Images by digest: the digests file ``docker/build.sh --push`` writes (arcface.mlops.images) and the compiled pipeline
 that names its images ``<repository>/<flavor>@sha256:...`` from it. No Docker needed (the real push, to a real
 registry, is tests/docker/test_push.py)."""
 
@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 import pipeline
-from arcface import __version__, images
+from arcface import __version__
+from arcface.mlops import images
+from kfp_pipeline import cli as pipeline_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST = {"cpu": "sha256:" + "c" * 64, "validate": "sha256:" + "a" * 64, "gpu": "sha256:" + "9" * 64}
@@ -83,7 +85,7 @@ def test_a_malformed_digest_is_refused(tmp_path, digest):
 
 def test_record_command_is_what_build_sh_calls(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), images.REPOSITORY_ENV: "127.0.0.1:5000/arcface"}
-    out = subprocess.run([sys.executable, "-m", "arcface.images", "record", "--file", str(tmp_path / "d.json"),
+    out = subprocess.run([sys.executable, "-m", "arcface", "images", "record", "--file", str(tmp_path / "d.json"),
                           "--flavor", "validate", "--digest", DIGEST["validate"], "--revision", "abc"],
                          env=env, capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.strip() == f"127.0.0.1:5000/arcface/validate@{DIGEST['validate']}"
@@ -204,11 +206,11 @@ def test_a_digest_pushed_from_another_revision_is_used_with_a_warning(tmp_path, 
 def test_submit_and_schedule_take_the_digests(tmp_path):
     digests = write_digests(tmp_path / "d.json", ("cpu",))
     for command in (["submit", "--host", "http://kfp"], ["schedule", "--host", "http://kfp", "--every", "7d"]):
-        options = pipeline.deploy_options(pipeline.build_parser().parse_args([*command, "--image-digests",
+        options = pipeline_cli.deploy_options(pipeline_cli.build_parser().parse_args([*command, "--image-digests",
                                                                               str(digests)]))
         assert options.images.reference("cpu") == ref("cpu") and options.images.reference("validate") is None
     with pytest.raises(SystemExit):  # one or the other
-        pipeline.build_parser().parse_args(["compile", "--image-digests", str(digests), "--no-image-digests"])
+        pipeline_cli.build_parser().parse_args(["compile", "--image-digests", str(digests), "--no-image-digests"])
 
 
 def test_a_registry_repository_end_to_end(tmp_path):

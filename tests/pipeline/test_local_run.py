@@ -12,6 +12,7 @@ import pytest
 
 import pipeline
 from arcface import contracts
+from kfp_pipeline import local
 
 IDENTITIES = 4
 # Small enough for a 2-core CI runner: TinyFaceNet on 48x48 faces, 12 epochs of 7 steps, enough to fit the 28
@@ -34,7 +35,7 @@ def few_faces(sample_dir, tmp_path_factory) -> Path:
 
 def run(few_faces, tmp_path, progress=None, **changes):
     arguments = {**TINY, "data_root": str(few_faces), **changes}
-    return pipeline.run_local(arguments, str(tmp_path / "runs"), progress=progress)
+    return local.run_local(arguments, str(tmp_path / "runs"), progress=progress)
 
 
 def untrained_evaluation(run_dir: Path, scratch: Path) -> dict:

@@ -34,7 +34,8 @@ from PIL import Image
 
 import pipeline
 from arcface import contracts
-from arcface.store import ModelStore
+from arcface.mlops.store import ModelStore
+from kfp_pipeline import local
 from tests.pipeline.test_local_run import TINY
 
 # All ten sample identities (420 pairs, so one pair moves the accuracy by 0.002), unaligned (faster).
@@ -71,7 +72,7 @@ def painted_faces(sample_dir: Path, root: Path) -> tuple[Path, Path]:
 def run(faces: Path, pairs: Path, tmp_path: Path, store: Path, **changes) -> dict:
     arguments = {"pairs_file": str(pairs), **changes, "data_root": str(faces), "pairs_root": str(faces / "train"),
                  "model_store": str(store), "model_name": "faces", "accuracy_threshold": 0.0, "keep_versions": 5}
-    return pipeline.run_local(arguments, str(tmp_path / "runs"))
+    return local.run_local(arguments, str(tmp_path / "runs"))
 
 
 def gate_numbers(summary: dict) -> dict:

@@ -1,11 +1,11 @@
-"""``pipeline.py models list|show|rollback``: the command line over arcface.store."""
+"""``pipeline.py models list|show|rollback``: the command line over arcface.mlops.store."""
 
 from __future__ import annotations
 
 import json
 
 import pipeline
-from arcface.store import ModelStore
+from arcface.mlops.store import ModelStore
 from tests.core.test_store import export_folder
 
 

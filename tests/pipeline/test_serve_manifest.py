@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 import pipeline
-from arcface import images
 from arcface.cli import build_parser
+from arcface.mlops import images
 
 GOLDEN = Path(__file__).parent / "golden" / "serve_manifest.yaml"
 URI = "s3://models/arcface/3"

@@ -10,7 +10,7 @@ import pytest
 
 from arcface.data import preprocess
 from arcface.embedding import load_embedder
-from arcface.serving import ArcFaceModel
+from arcface.mlops.serving import ArcFaceModel
 
 from .conftest import sample_faces
 from .test_faceless import aligning_model, b64  # noqa: F401  (a fixture, and the request encoding)

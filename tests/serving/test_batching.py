@@ -1,4 +1,4 @@
-"""Concurrent requests share forward passes (arcface.serving.MicroBatcher): each caller gets the embedding of its
+"""Concurrent requests share forward passes (arcface.mlops.serving.MicroBatcher): each caller gets the embedding of its
 own photos, as `arcface embed` computes it, and a bad photo in one request fails only that request."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from arcface.embedding import load_embedder
-from arcface.serving import ArcFaceModel, MicroBatcher
+from arcface.mlops.serving import ArcFaceModel, MicroBatcher
 
 from .conftest import metric, post_concurrently, running_server, sample_faces
 from .test_server import b64, png_header_only

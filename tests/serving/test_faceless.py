@@ -22,8 +22,8 @@ from arcface import cli as cli_module
 from arcface import embedding
 from arcface.cli import main as cli
 from arcface.embedding import EXIT_SKIPPED, EmbeddingError, load_embedder
-from arcface.gallery import GalleryIndex, enroll, load_model
-from arcface.serving import ArcFaceModel
+from arcface.mlops.gallery import GalleryIndex, enroll, load_model
+from arcface.mlops.serving import ArcFaceModel
 from tests.data.test_align_entrances import pixel_model
 
 from .conftest import running_server

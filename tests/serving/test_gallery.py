@@ -13,7 +13,7 @@ import pytest
 
 from arcface.cli import main as cli
 from arcface.embedding import Embedder, load_embedder
-from arcface.gallery import (
+from arcface.mlops.gallery import (
     HNSW_EF_SEARCH,
     GalleryError,
     GalleryIndex,

@@ -14,8 +14,8 @@ import psutil  # kserve requires it, so the [test] extra has it
 import pytest
 import requests
 
-from arcface.gallery import enroll, load_model
-from arcface.serving import serve
+from arcface.mlops.gallery import enroll, load_model
+from arcface.mlops.serving import serve
 
 from .conftest import running_server, sample_faces
 

@@ -49,7 +49,7 @@ def test_a_flood_gets_200s_and_503s_with_retry_after_then_normal_answers(server,
 
 
 def test_a_queue_below_one_request_is_refused_at_start(export_dir):
-    from arcface.serving import ArcFaceModel
+    from arcface.mlops.serving import ArcFaceModel
 
     with pytest.raises(ValueError, match="raise --max_queue or lower --max_instances"):
         ArcFaceModel(NAME, str(export_dir), max_instances=64, max_queue=8)

@@ -16,7 +16,7 @@ import requests
 
 from arcface.cli import main as cli
 from arcface.embedding import load_embedder
-from arcface.gallery import GalleryIndex, enroll, load_model
+from arcface.mlops.gallery import GalleryIndex, enroll, load_model
 
 from .conftest import THRESHOLD, running_server, sample_faces
 

@@ -86,7 +86,7 @@ def test_a_missing_path_and_a_file_that_is_no_model_are_named(tmp_path):
     with pytest.raises(StartError, match=f"{tmp_path / 'nowhere'} does not exist"):
         resolve(str(tmp_path / "nowhere"))
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(StartError, match=r"notes.txt is neither a .keras model nor .h5 weights"):
+    with pytest.raises(StartError, match=r"notes.txt is neither a .keras model, .h5 weights nor an insightface .onnx"):
         resolve(str(tmp_path / "notes.txt"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(StartError, match=r"empty holds no model"):
@@ -194,7 +194,7 @@ def test_the_run_and_its_export_record_what_they_started_from(source_run, team_m
 
 def test_a_store_version_and_the_champion_start_a_run_and_are_named(source_run, team_manifest, tmp_path):
     from arcface.export import export as export_model
-    from arcface.store import ModelStore
+    from arcface.mlops.store import ModelStore
     from arcface.train import Trainer
 
     export_model(source_run, tmp_path / "export", formats=["keras"])
@@ -240,7 +240,7 @@ def test_the_pipeline_starts_from_the_champion_unless_told_otherwise(source_run,
 
     from arcface.artifacts import load_keras
     from arcface.export import export as export_model
-    from arcface.store import ModelStore
+    from arcface.mlops.store import ModelStore
     from arcface.train import Trainer
     from arcface.warm_start import pipeline_init_from
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
-from components.dag import PIPELINE_NAME, DeployOptions, build_pipeline, config_file_params, parse_params
+from kfp_pipeline.dag import PIPELINE_NAME, DeployOptions, build_pipeline, config_file_params, parse_params
 
 #: The root of this checkout, which holds the bundled sample (not an image repository: see components.common).
 CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,8 @@ A tag can be moved: ``docker/build.sh --push`` therefore records the digest of e
 ``<repository>/<flavor>@sha256:...`` (:func:`digest_reference`), when that file is for this version and
 repository (:func:`load_pins`, :class:`ImagePins`). Such a reference always pulls exactly the pushed image.
 
-``python -m arcface.images`` prints the tags as shell-quoted ``NAME=value`` lines, which is how
-``docker/build.sh`` reads them; ``python -m arcface.images record ...`` adds a pushed image to a digests
+``python -m arcface images`` prints the tags as shell-quoted ``NAME=value`` lines, which is how
+``docker/build.sh`` reads them; ``python -m arcface images record ...`` adds a pushed image to a digests
 file. This module imports nothing beyond the standard library and ``arcface.__version__``.
 """
 
@@ -114,8 +114,8 @@ def all_images() -> dict[str, str]:
 # Digests of pushed images
 # ---------------------------------------------------------------------------------------------------------
 def checkout_root() -> Path | None:
-    """The checkout this module was imported from (``src/arcface/images.py`` under it), or None (installed)."""
-    root = Path(__file__).resolve().parents[2]
+    """The checkout this module was imported from (``src/arcface/mlops/images.py`` under it), or None (installed)."""
+    root = Path(__file__).resolve().parents[3]
     return root if (root / "pyproject.toml").is_file() and (root / "src" / "arcface").is_dir() else None
 
 
@@ -282,7 +282,7 @@ def record_push(path: str | Path, flavor: str, digest: str, revision: str = "unk
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["record"]:
-        p = argparse.ArgumentParser(prog="python -m arcface.images record",
+        p = argparse.ArgumentParser(prog="arcface images record",
                                     description="add a pushed image's digest to a digests file; prints its reference")
         p.add_argument("--file", required=True)
         p.add_argument("--flavor", required=True, choices=sorted(FLAVORS))
@@ -292,10 +292,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             print(record_push(args.file, args.flavor, args.digest, args.revision))
         except ValueError as e:
-            sys.exit(f"arcface.images record: {e}")
+            sys.exit(f"arcface images record: {e}")
         return
     if argv:
-        sys.exit("usage: python -m arcface.images [record --file F --flavor F --digest sha256:... --revision R]")
+        sys.exit("usage: arcface images [record --file F --flavor F --digest sha256:... --revision R]")
     default = default_digests_file()
     values = {"VERSION": __version__, "REPOSITORY": repository(), "DEFAULT_REPOSITORY": DEFAULT_REPOSITORY,
               **{f"{name.upper()}_IMAGE": tag for name, tag in all_images().items()},
@@ -303,6 +303,3 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in values.items():
         print(f"{name}={shlex.quote(value)}")
 
-
-if __name__ == "__main__":
-    main()

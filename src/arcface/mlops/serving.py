@@ -70,7 +70,7 @@ from prometheus_client import Counter
 
 from arcface.data.validate import MAX_PIXELS
 from arcface.embedding import Embedded, EmbeddingError, NoFace, Prepared, check_on_no_face
-from arcface.gallery import GalleryError, GalleryIndex, IdentifiedModel, Match, load_model
+from arcface.mlops.gallery import GalleryError, GalleryIndex, IdentifiedModel, Match, load_model
 
 DEFAULT_NAME = "arcface"
 DEFAULT_MAX_INSTANCES = 64
@@ -544,7 +544,7 @@ class HostModelServer(kserve.ModelServer):
             from importlib.metadata import version
 
             raise RuntimeError(f"kserve {version('kserve')} does not build its REST server as "
-                               "arcface.serving.HostModelServer expects, so --host cannot be applied; install the "
+                               "arcface.mlops.serving.HostModelServer expects, so --host cannot be applied; install the "
                                "kserve version the serve extra names")
         rest.config.host = self.host
         super().setup_event_loop()

@@ -7,7 +7,7 @@ The pipeline's launcher step (``components/launch_tfjob``, with ``pipeline.py co
    this run on the shared PVC, ``<pvc mount>/arcface-tfjobs/<job name>/``: the workers cannot read the
    launcher's artifacts, and they write there too;
 2. **create** the TFJob (:func:`build_tfjob`): N ``Worker`` replicas of our image, each running
-   ``python3 -m arcface.launch worker`` (:func:`worker_main`: the train step's own call, ``train(config with
+   ``python3 -m arcface tfjob-worker`` (:func:`run_worker`: the train step's own call, ``train(config with
    save_path, manifest)``) with the PVC mounted at the same path. The operator sets ``TF_CONFIG`` in every
    replica (so :func:`arcface.train.pick_strategy` picks ``MultiWorkerMirroredStrategy``). Every worker is
    given the save_path ``<run>/model/`` and resumes from ``<run>/checkpoints/``; only the chief (worker 0)
@@ -32,7 +32,6 @@ The Kubernetes calls go through the ``kubernetes`` client (in-cluster config in 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -76,7 +75,7 @@ BACKOFF_LIMIT = 3
 SUCCEEDED, FAILED = "Succeeded", "Failed"
 #: Last lines of each failed (non-chief) replica's log printed when the job fails.
 FAILED_LOG_LINES = 50
-#: Worker exit codes of :func:`worker_main` that count as success (arcface.cli's ``train``).
+#: Worker exit codes of :func:`run_worker` that count as success (arcface.cli's ``train``).
 OK_STOPS = ("completed", "budget", "nothing-to-do")
 
 
@@ -164,9 +163,9 @@ class TFJobRequest:
         return os.path.join(self.run_dir, MODEL_FOLDER)
 
     def command(self) -> list[str]:
-        """The workers' command: the train step's own call (see :func:`worker_main`)."""
+        """The workers' command: the train step's own call (see :func:`run_worker`)."""
         config = json.dumps(dict(self.config), sort_keys=True, separators=(",", ":"))
-        return ["python3", "-m", "arcface.launch", "worker", "--config", _k8s_literal(config),
+        return ["python3", "-m", "arcface", "tfjob-worker", "--config", _k8s_literal(config),
                 "--manifest", _k8s_literal(self.manifest_dir), "--run-dir", _k8s_literal(self.run_dir)]
 
 
@@ -676,39 +675,27 @@ def launch(request: TFJobRequest, manifest_dir: str, model_dir: str, *, api_clie
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The workers' entry point: python3 -m arcface.launch worker --config JSON --manifest DIR --run-dir DIR
+# The workers' command: python3 -m arcface tfjob-worker --config JSON --manifest DIR --run-dir DIR
 # ---------------------------------------------------------------------------------------------------------
-def worker_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m arcface.launch",
-                                     description="the TFJob workers' command (see arcface.launch)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("worker", help="train as one worker of a TFJob: the train step's call, save_path "
-                                      "<run-dir>/model (written by the chief only)")
-    p.add_argument("--config", required=True, help="the validated TrainConfig as JSON (the train step's dict)")
-    p.add_argument("--manifest", required=True, help="the manifest folder (staged on the PVC)")
-    p.add_argument("--run-dir", required=True, help="the run's folder on the PVC")
-    args = parser.parse_args(argv)
-
+def run_worker(config_json: str, manifest_dir: str, run_dir: str) -> int:
+    """Train as one worker of the TFJob: the train step's call, with save_path <run_dir>/model (the chief's)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from arcface import atomic
     from arcface.config import from_dict
     from arcface.contracts import ManifestDir
     from arcface.train import tf_config_is_chief, train
 
-    save_path = os.path.join(args.run_dir, MODEL_FOLDER)
+    save_path = os.path.join(run_dir, MODEL_FOLDER)
     chief = tf_config_is_chief()
     print(f"{'chief' if chief else 'worker'}: save_path {save_path}", flush=True)
-    config = {**json.loads(args.config), "save_path": save_path}
+    config = {**json.loads(config_json), "save_path": save_path}
     if not config.get("checkpoint_dir"):  # every worker resumes from the checkpoints the chief writes
-        config.update(checkpoint_dir=args.run_dir, checkpoint_key=CHECKPOINT_KEY)
-    result = train(from_dict(config), ManifestDir.read(args.manifest))
+        config.update(checkpoint_dir=run_dir, checkpoint_key=CHECKPOINT_KEY)
+    result = train(from_dict(config), ManifestDir.read(manifest_dir))
     if chief:
-        atomic.write_json(os.path.join(args.run_dir, RESULT_FILE), {
+        atomic.write_json(os.path.join(run_dir, RESULT_FILE), {
             "epochs_completed": result.epochs_completed, "steps": result.steps, "stopped": result.stopped,
             "best_val_accuracy": result.best_val_accuracy, "history": result.history,
             "manifest_sha256": result.manifest_sha256, "images_per_second": result.images_per_second})
     return 0 if result.stopped in OK_STOPS else 1
 
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -3,7 +3,7 @@
 validate -> align -> train -> evaluate (new model and the store's champion, same pairs) -> quality gate ->
 (dsl.If) export -> promote, all under a dsl.ExitHandler whose step records how the run ended. With ``workers`` > 1
 (``pipeline.py compile --workers N``) the train step is a launcher that trains on N pods as a Training Operator
-TFJob and hands on the chief's model folder (components/launch_tfjob, arcface.launch). Every field of
+TFJob and hands on the chief's model folder (components/launch_tfjob, arcface.mlops.tfjob). Every field of
 :class:`arcface.config.TrainConfig` is a pipeline parameter with the same name, type and default (the signature is
 generated from ``arcface.config.fields()``, so a new flag is a new parameter), plus the few that only the pipeline
 has (:data:`PIPELINE_PARAMETERS`: data_root, pairs, the quality gate, export).
@@ -22,8 +22,9 @@ from typing import Any
 
 from kfp import compiler, dsl
 
-from arcface import __version__, images
+from arcface import __version__
 from arcface import config as cfg
+from arcface.mlops import images
 from components.align import align_faces
 from components.common import CPU_IMAGE, FLAVOR_OF_TAG, GPU_IMAGE, REPOSITORY
 from components.evaluate import evaluate_model, quality_gate
@@ -126,7 +127,7 @@ class DeployOptions:
     gpu_type (default nvidia.com/gpu), the node selector and the tolerations; it needs the PVC (the workers
     share a folder of the run on it) and gives up (deleting the job) after tfjob_timeout_minutes.
 
-    images: the image references (:class:`arcface.images.ImagePins`, from ``pipeline.py compile --image-digests``
+    images: the image references (:class:`arcface.mlops.images.ImagePins`, from ``pipeline.py compile --image-digests``
     or the digests file ``docker/build.sh --push`` wrote); None keeps the tags.
     """
 
@@ -243,7 +244,7 @@ def build_pipeline(options: DeployOptions | None = None):
     field_names = [f.name for f in cfg.fields()]
 
     def training_steps(p):
-        # Every step records its own failure in the store's run log under this run (arcface.notify).
+        # Every step records its own failure in the store's run log under this run (arcface.mlops.notify).
         run = {"model_store": p["model_store"], "model_name": p["model_name"],
                "run_id": dsl.PIPELINE_JOB_NAME_PLACEHOLDER}
         validate = _configure(validate_data(config={name: p[name] for name in field_names},

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from components.dag import (
+from kfp_pipeline.dag import (
     PIPELINE_DESCRIPTION,
     PIPELINE_NAME,
     DeployOptions,

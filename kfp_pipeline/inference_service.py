@@ -13,7 +13,8 @@ import os
 import re
 from typing import Any
 
-from arcface import __version__, atomic, images
+from arcface import __version__, atomic
+from arcface.mlops import images
 
 MODEL_MOUNT = "/mnt/models"       # where KServe's storage initializer puts storageUri
 HTTP_PORT = 8080
@@ -21,7 +22,7 @@ DEFAULT_NAME = "arcface"
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 # Written out, not left to the defaults, so the deployed batching and overload limits show in the manifest. The
 # server batches concurrent requests itself; KServe's spec.predictor.batcher is not set, since it merges several
-# requests' v1 instances into one and a bad photo in one would fail them all (arcface.serving says more).
+# requests' v1 instances into one and a bad photo in one would fail them all (arcface.mlops.serving says more).
 SERVING_ARGS = ["--max_batch_size", "16", "--max_batch_wait_ms", "10", "--max_queue", "128"]
 # An InferenceService name is a DNS-1035 label; KServe prefixes it to routes, so keep it short.
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,43}[a-z0-9])?")

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from arcface.store import open_store
+from arcface.mlops.store import open_store
 
 #: Seconds for the whole webhook request (connect and answer); a hung endpoint never holds the run.
 WEBHOOK_TIMEOUT_SECONDS = 10.0
