@@ -24,6 +24,7 @@ from kfp import compiler, dsl
 
 from arcface import __version__
 from arcface import config as cfg
+from arcface.choices import EXPORT_FORMATS, QUANTIZE
 from arcface.mlops import images
 from components.align import align_faces
 from components.common import CPU_IMAGE, FLAVOR_OF_TAG, GPU_IMAGE, REPOSITORY
@@ -59,8 +60,8 @@ PIPELINE_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "keep_versions": (int, 5, "versions kept in the store after a promotion (0 keeps all; the current one is "
                               "never removed)"),
     "notify_url": (str, "", "webhook that receives how the run ended as JSON (POST); empty: none"),
-    "export_formats": (str, "saved_model,keras,tflite,onnx", "comma-separated export formats"),
-    "quantize": (str, "none", "none, float16 or dynamic (adds a quantized TFLite file)"),
+    "export_formats": (str, ",".join(EXPORT_FORMATS), "comma-separated export formats"),
+    "quantize": (str, QUANTIZE[0], f"{', '.join(QUANTIZE[:-1])} or {QUANTIZE[-1]} (adds a quantized TFLite file)"),
 }
 
 

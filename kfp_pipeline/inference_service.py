@@ -20,10 +20,6 @@ MODEL_MOUNT = "/mnt/models"       # where KServe's storage initializer puts stor
 HTTP_PORT = 8080
 DEFAULT_NAME = "arcface"
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
-# Written out, not left to the defaults, so the deployed batching and overload limits show in the manifest. The
-# server batches concurrent requests itself; KServe's spec.predictor.batcher is not set, since it merges several
-# requests' v1 instances into one and a bad photo in one would fail them all (arcface.mlops.serving says more).
-SERVING_ARGS = ["--max_batch_size", "16", "--max_batch_wait_ms", "10", "--max_queue", "128"]
 # An InferenceService name is a DNS-1035 label; KServe prefixes it to routes, so keep it short.
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,43}[a-z0-9])?")
 _URI = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
@@ -63,7 +59,8 @@ def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | N
         command=["arcface", "serve"],
         # Every interface: the pod is reached through the cluster's ingress, which authenticates the caller
         # (`arcface serve` has no authentication of its own, so it listens on 127.0.0.1 unless told).
-        args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT), "--host", "0.0.0.0", *SERVING_ARGS],
+        args=["--model", MODEL_MOUNT, "--name", name, "--http_port", str(HTTP_PORT), "--host", "0.0.0.0",
+              *serving_args()],
         env=[k8s.V1EnvVar(name="STORAGE_URI", value=model_uri)],
         ports=[k8s.V1ContainerPort(container_port=HTTP_PORT, protocol="TCP")],
         resources=k8s.V1ResourceRequirements(requests=RESOURCES["requests"], limits=RESOURCES["limits"]))
@@ -73,6 +70,18 @@ def inference_service(model_uri: str, name: str = DEFAULT_NAME, version: str | N
         metadata=k8s.V1ObjectMeta(name=name, labels=labels),
         spec=kserve.V1beta1InferenceServiceSpec(predictor=kserve.V1beta1PredictorSpec(containers=[container])))
     return kserve.ApiClient().sanitize_for_serialization(service)
+
+
+def serving_args() -> list[str]:
+    """The server's own defaults, written out so that the deployed batching, overload limit and process count
+    show in the manifest. The server batches concurrent requests itself; KServe's spec.predictor.batcher is not
+    set, since it merges several requests' v1 instances into one and a bad photo in one would fail them all
+    (arcface.mlops.serving says more)."""
+    from arcface.mlops import serving  # kserve: only once a manifest is written
+
+    return ["--max_batch_size", str(serving.DEFAULT_MAX_BATCH_SIZE),
+            "--max_batch_wait_ms", f"{serving.DEFAULT_MAX_BATCH_WAIT_MS:g}",
+            "--max_queue", str(serving.DEFAULT_MAX_QUEUE), "--workers", str(serving.DEFAULT_WORKERS)]
 
 
 def write_manifest(output: str, model_uri: str, name: str = DEFAULT_NAME, version: str | None = None,

@@ -19,7 +19,9 @@ import os
 from typing import Any
 
 from arcface import atomic
+from arcface.config import TrainConfig, load_yaml
 from arcface.contracts import ModelDir
+from arcface.precision import float32_model
 
 # The folder's file names are defined by arcface.contracts.ModelDir; these names are kept for the trainer.
 CONFIG_FILE = ModelDir.CONFIG_FILE
@@ -84,8 +86,8 @@ def load_keras(path: str | os.PathLike):
     """
     import keras
 
+    # Here, not at the top: the model folder's layout and metadata are read where TensorFlow is not installed.
     from arcface.models import CUSTOM_OBJECTS
-    from arcface.precision import float32_model
 
     path = str(path)
     if not os.path.exists(path):
@@ -103,8 +105,6 @@ def load_keras(path: str | os.PathLike):
 
 def load_model_dir(path: str | os.PathLike, with_training_model: bool = False, best: bool = False) -> TrainedModel:
     """Load a trained-model folder (or a folder holding only ``embedding_model.keras``)."""
-    from arcface.config import TrainConfig, load_yaml
-
     path = str(path)
     if os.path.isfile(path) and path.endswith(".keras"):
         return TrainedModel(embedding_model=load_keras(path), config=TrainConfig(), metadata={}, path=path)

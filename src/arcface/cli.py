@@ -6,15 +6,32 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
+from arcface import __version__
+from arcface import config as cfg
+from arcface.artifacts import ModelLoadError
+from arcface.choices import (
+    ALIGN_CHOICES,
+    ALIGN_METHODS,
+    EMBEDDING_FORMATS,
+    EXPORT_FORMATS,
+    GALLERY_KINDS,
+    NO_FACE_CHOICES,
+    ON_MISSING,
+    QUANTIZE,
+)
+from arcface.config import ConfigError
+from arcface.data.validate import resolve_roots, run_validation
+from arcface.mlops import images
+from arcface.mlops.tfjob import run_worker
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ALIGN_CHOICES = ("auto", "mtcnn", "none")  # arcface.embedding.ALIGN_CHOICES (not imported: it needs numpy)
-EXIT_SKIPPED = 3  # arcface.embedding.EXIT_SKIPPED
-NO_FACE_CHOICES = ("skip", "fail", "whole")  # arcface.embedding.NO_FACE_CHOICES
+EXIT_SKIPPED = 3  # arcface.embedding.EXIT_SKIPPED (not imported: that module loads numpy)
 NO_FACE_HELP = ("a photo in which the detector finds no usable face: skip (default) reports it (file, code, fix) "
                 "and embeds the others; fail stops; whole uses the whole image as the crop")
 ALIGN_HELP = ("auto (default): align photos as the model was trained (its card or metadata says); mtcnn: "
@@ -22,7 +39,6 @@ ALIGN_HELP = ("auto (default): align photos as the model was trained (its card o
 
 
 def _train(args) -> int:
-    from arcface import config as cfg
     from arcface.train import train
 
     config = cfg.from_args(args)
@@ -31,8 +47,6 @@ def _train(args) -> int:
 
 
 def _validate(args) -> int:
-    from arcface.data import resolve_roots, run_validation
-
     train_root, validation_root = resolve_roots(args.train_data, args.validation_data)
     result = run_validation(train_root, validation_root, args.output_dir, n_classes=args.n_classes,
                             min_images=args.min_images, strict=args.strict)
@@ -40,8 +54,6 @@ def _validate(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import json
-
     from arcface.evaluation.evaluate import evaluate
 
     metrics = evaluate(args.model, args.manifest, output_dir=args.output_dir, pairs_file=args.pairs,
@@ -139,8 +151,6 @@ def _serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arcface import __version__
-
     parser = argparse.ArgumentParser(prog="arcface", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"arcface {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,8 +180,6 @@ def _add_images(sub) -> None:
 
 
 def _images(args) -> int:
-    from arcface.mlops import images
-
     images.main(args.arguments)
     return 0
 
@@ -186,14 +194,10 @@ def _add_tfjob_worker(sub) -> None:
 
 
 def _tfjob_worker(args) -> int:
-    from arcface.mlops.tfjob import run_worker
-
     return run_worker(args.config, args.manifest, args.run_dir)
 
 
 def _add_train(sub) -> None:
-    from arcface import config as cfg
-
     p = sub.add_parser("train", help="train an ArcFace model (the original train.py flags)")
     cfg.add_arguments(p)
     p.add_argument("--manifest", help="manifest.json from `arcface validate` (default: validate the folders now)")
@@ -218,7 +222,7 @@ def _add_align(sub) -> None:
     p = sub.add_parser("align", help="find each face and warp it onto the ArcFace 5-point template")
     p.add_argument("--manifest", required=True, help="the output folder of `arcface validate` (or its manifest)")
     p.add_argument("--output_dir", required=True, help="where the crops, manifest.json and the report go")
-    p.add_argument("--align", choices=("mtcnn", "none"), default="mtcnn")
+    p.add_argument("--align", choices=ALIGN_METHODS, default="mtcnn")
     p.add_argument("--image_size", type=int, default=112, help="side of the crops (the model's image_size)")
     p.add_argument("--cache", help="an earlier align output or cache folder: unchanged images are reused")
     p.add_argument("--n_classes", type=int, default=None)
@@ -234,7 +238,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--pairs", help="LFW-format pairs file (default: pairs generated from validation)")
     p.add_argument("--pairs_root", help="image root of the pairs file (default: its folder)")
     p.add_argument("--no_flip", action="store_true", help="no horizontal-flip test-time augmentation")
-    p.add_argument("--on_missing", choices=("error", "skip"), default="error")
+    p.add_argument("--on_missing", choices=ON_MISSING, default="error")
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP + " (pairs files)")
     p.set_defaults(run=_evaluate)
 
@@ -243,8 +247,8 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="SavedModel, .keras, TFLite and ONNX, each checked for parity")
     p.add_argument("--model", required=True)
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--formats", default="saved_model,keras,tflite,onnx")
-    p.add_argument("--quantize", choices=("none", "float16", "dynamic"), default="none")
+    p.add_argument("--formats", default=",".join(EXPORT_FORMATS))
+    p.add_argument("--quantize", choices=QUANTIZE, default="none")
     p.add_argument("--metrics", help="metrics.json of the evaluation step, for the model card")
     p.set_defaults(run=_export)
 
@@ -254,7 +258,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("images", nargs="+")
     p.add_argument("--output", "-o", required=True)
-    p.add_argument("--format", choices=("npy", "csv", "jsonl"), default=None, help="default: from --output's suffix")
+    p.add_argument("--format", choices=EMBEDDING_FORMATS, default=None, help="default: from --output's suffix")
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
     p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
                    help=NO_FACE_HELP + f"; exit status {EXIT_SKIPPED} when any was skipped")
@@ -268,7 +272,7 @@ def _add_compare(sub) -> None:
     p.add_argument("image_b")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--align", choices=ALIGN_CHOICES, default="auto", help=ALIGN_HELP)
-    p.add_argument("--on_no_face", choices=("fail", "whole"), default="fail",
+    p.add_argument("--on_no_face", choices=[c for c in NO_FACE_CHOICES if c != "skip"], default="fail",
                    help="a photo in which the detector finds no usable face: fail (default), or whole: use the "
                         "whole image as the crop")
     p.set_defaults(run=_compare)
@@ -293,7 +297,7 @@ def _add_enroll(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--gallery", required=True, help="folder of <identity>/ image folders")
     p.add_argument("--index", required=True, help="the index folder (created, or updated)")
-    p.add_argument("--kind", choices=("exact", "hnsw", "ivf"), default="exact",
+    p.add_argument("--kind", choices=GALLERY_KINDS, default="exact",
                    help="exact inner-product search; approximate for large galleries: an HNSW graph (fast "
                         "queries, slow to build), or IVF cells (builds a million faces in about a minute)")
     p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
@@ -346,9 +350,6 @@ def _add_serve(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from arcface.artifacts import ModelLoadError
-    from arcface.config import ConfigError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:

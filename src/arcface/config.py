@@ -9,6 +9,7 @@ first fourteen fields are the original ``train.py`` flags with their original de
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -17,18 +18,18 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from arcface.precision import CHOICES
+from arcface import atomic
+from arcface.choices import (
+    ALIGN_METHODS,
+    BACKBONES,
+    HEAD_INITS,
+    MARGIN_GRADIENTS,
+    MARGINS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+)
 
-BACKBONES = ("ResNet50", "ResNet100", "VGG16", "ResNet18", "ResNet34", "MobileFaceNet", "TinyFaceNet",
-             # insightface's padding (arcface.models.backbones.INSIGHTFACE_IRESNETS): `arcface import` builds these
-             "IResNet18", "IResNet34", "IResNet50", "IResNet100")
-OPTIMIZERS = ("SGD", "Adam")
-MARGINS = ("arcface", "cosface", "sphereface", "combined", "softmax")
-MARGIN_GRADIENTS = ("exact", "straight_through")
-SCHEDULES = ("cosine", "step", "poly", "constant")
-HEAD_INITS = ("mean_embedding", "random")  # arcface.warm_start.HEAD_INITS (not imported: it needs numpy)
-ALIGN_METHODS = ("mtcnn", "none")  # arcface.data.align.METHODS (not imported: it needs numpy)
-PRECISIONS = CHOICES  # arcface.precision (standard library only)
 CHECKPOINT_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
@@ -162,8 +163,6 @@ class TrainConfig:
 
         text = (json.dumps(self.to_dict(), indent=2) if str(path).endswith(".json")
                 else yaml.safe_dump(self.to_dict(), sort_keys=False))
-        from arcface import atomic
-
         atomic.write_text(path, text)
 
 
@@ -218,8 +217,6 @@ def from_dict(values: Mapping[str, Any], base: TrainConfig | None = None) -> Tra
     values = _canonical_names(values)
     unknown = [k for k in values if k not in known]
     if unknown:
-        import difflib
-
         hints = []
         for key in unknown:
             near = difflib.get_close_matches(str(key), known, n=1)

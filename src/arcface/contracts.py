@@ -24,21 +24,16 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from arcface import atomic
+from arcface.data.manifest import Manifest
+from arcface.schema import SCHEMA_KEY, ContractError, check_version
 
 if TYPE_CHECKING:
-    from arcface.artifacts import TrainedModel
     from arcface.data.align import AlignResult
-    from arcface.data.manifest import Manifest
     from arcface.data.validate import ValidationResult
-
-SCHEMA_KEY = "schema_version"
-
-
-class ContractError(ValueError):
-    """A step output is missing, unreadable, or was written by another version of its step."""
 
 
 def _in_folder(path: str | os.PathLike, file_name: str) -> str:
@@ -60,17 +55,6 @@ def _load_json(path: str, producer: str) -> dict[str, Any]:
         raise ContractError(f"{path} holds a JSON {type(document).__name__}, not an object; re-run {producer} "
                             "to write it again")
     return document
-
-
-def check_version(document: dict[str, Any], expected: int, source: str, producer: str,
-                  key: str = SCHEMA_KEY) -> None:
-    """Refuse a document whose ``key`` is not ``expected``: its fields may mean something else."""
-    found = document.get(key)
-    if found == expected and not isinstance(found, bool):
-        return
-    what = f"no {key}" if found is None else f"{key} {found!r}"
-    raise ContractError(f"{source} has {what}, but this package reads {key} {expected}; it was written by "
-                        f"another release of arcface-kfp: re-run {producer} with this one to write it again")
 
 
 def _read_versioned(path: str, expected: int, producer: str) -> dict[str, Any]:
@@ -101,21 +85,17 @@ class ManifestDir:
     @classmethod
     def write(cls, folder: str | os.PathLike, result: ValidationResult) -> dict[str, str]:
         """Write the manifest, report.json and report.md into ``folder``; return {file name: path}."""
-        from arcface.data.validate import render_markdown
-
         os.makedirs(folder, exist_ok=True)
         paths = {name: os.path.join(folder, name) for name in (cls.MANIFEST_FILE, cls.REPORT_FILE,
                                                                  cls.REPORT_MD_FILE)}
         result.manifest.write(paths[cls.MANIFEST_FILE])
         _write_versioned(paths[cls.REPORT_FILE], cls.REPORT_SCHEMA_VERSION, result.report)
-        atomic.write_text(paths[cls.REPORT_MD_FILE], render_markdown(result.report))
+        atomic.write_text(paths[cls.REPORT_MD_FILE], result.markdown())
         return paths
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Manifest:
         """The manifest in the folder ``path`` (or the manifest file ``path``); its version is checked."""
-        from arcface.data.manifest import Manifest
-
         return Manifest.read(_in_folder(path, cls.MANIFEST_FILE))
 
     @classmethod
@@ -159,25 +139,19 @@ class AlignedDir(ManifestDir):
     @classmethod
     def write(cls, folder: str | os.PathLike, result: AlignResult) -> dict[str, str]:  # type: ignore[override]
         """The aligned manifest (its roots relative: crops/ beside it), alignment.json and the report."""
-        import dataclasses as _dc
-
-        from arcface.data.validate import render_markdown
-
         os.makedirs(folder, exist_ok=True)
         paths = {name: os.path.join(folder, name) for name in (cls.MANIFEST_FILE, cls.RECORDS_FILE,
                                                                  cls.REPORT_FILE, cls.REPORT_MD_FILE)}
-        relative = _dc.replace(result.manifest, roots={split: cls.CROPS_DIR for split in result.manifest.roots})
+        relative = dataclasses.replace(result.manifest, roots={split: cls.CROPS_DIR for split in result.manifest.roots})
         relative.write(paths[cls.MANIFEST_FILE])
         _write_versioned(paths[cls.RECORDS_FILE], cls.RECORDS_SCHEMA_VERSION, result.records)
         _write_versioned(paths[cls.REPORT_FILE], cls.REPORT_SCHEMA_VERSION, result.report)
-        atomic.write_text(paths[cls.REPORT_MD_FILE], render_markdown(result.report, title="Face alignment"))
+        atomic.write_text(paths[cls.REPORT_MD_FILE], result.markdown())
         return paths
 
     @classmethod
     def update_cache(cls, cache: str | os.PathLike, folder: str | os.PathLike, records: dict[str, Any]) -> None:
         """Add the crops and records of ``folder`` (this run's output) to the cache folder ``cache``."""
-        import shutil
-
         earlier = cls.read_records(cache) if cls.has_records(cache) else {}
         # Crops made under other settings would never be reused again: they are dropped from the records.
         kept = earlier.get("images", {}) if earlier.get("settings") == records["settings"] else {}
@@ -192,8 +166,6 @@ class AlignedDir(ManifestDir):
     @classmethod
     def pass_through(cls, manifest_dir: str | os.PathLike, folder: str | os.PathLike) -> Manifest:
         """``--align none``: the validate step's manifest and report, unchanged, as this step's output."""
-        import shutil
-
         manifest = ManifestDir.read(manifest_dir)
         os.makedirs(folder, exist_ok=True)
         manifest.write(os.path.join(folder, cls.MANIFEST_FILE))  # absolute roots: the data where it is
@@ -213,7 +185,8 @@ class AlignedDir(ManifestDir):
 # train
 # ---------------------------------------------------------------------------------------------------
 class ModelDir:
-    """The train step's model folder (its ``save_path``); :mod:`arcface.train` writes it.
+    """The train step's model folder (its ``save_path``); :mod:`arcface.train` writes it and
+    :func:`arcface.artifacts.load_model_dir` loads it (that needs Keras, which this module does not load).
 
     metadata.json carries no schema version yet: the trainer writes it, and it is read leniently.
     """
@@ -228,12 +201,6 @@ class ModelDir:
     BEST_DIR = "best"
     CHECKPOINT_DIR = "checkpoints"
     LOG_DIR = "logs"
-
-    @classmethod
-    def read(cls, path: str | os.PathLike, with_training_model: bool = False, best: bool = False) -> TrainedModel:
-        from arcface.artifacts import load_model_dir
-
-        return load_model_dir(path, with_training_model=with_training_model, best=best)
 
     @classmethod
     def read_metadata(cls, folder: str | os.PathLike) -> dict[str, Any]:

@@ -17,16 +17,22 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from arcface import artifacts, atomic
-from arcface.contracts import EvaluationDir, ExportDir, ModelDir
+from arcface.choices import ALIGN_CHOICES, EMBEDDING_FORMATS, NO_FACE_CHOICES
+from arcface.contracts import ExportDir
+from arcface.data.align import CODES, align_detected, default_detector, inputs_from_alignments, upright_image
+from arcface.export import OUTPUT_KEY, TENSOR_SIGNATURE
+from arcface.mlops.store import EXTRA_DIR
+from arcface.model_input import ModelInput, read_model_input
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".pgm", ".ppm")
-OUTPUT_FORMATS = ("npy", "csv", "jsonl")
+OUTPUT_FORMATS = EMBEDDING_FORMATS
 
 
 class EmbeddingError(ValueError):
@@ -35,20 +41,42 @@ class EmbeddingError(ValueError):
 
 @dataclasses.dataclass
 class Embedder:
-    """Face images -> unit-length embeddings with one model.
+    """Face images -> unit-length embeddings with one model: the one embedder of every entrance (evaluation,
+    ``arcface embed/compare/search``, the gallery, the server).
 
-    ``forward`` maps a normalized float32 batch [N, S, S, 3] to embeddings. ``threshold`` is the evaluated
-    same-person similarity threshold (None when the model was never evaluated); it was chosen on embeddings
-    computed with ``threshold_flip_tta``, so comparisons at that threshold should use the same setting.
+    ``forward`` maps a normalized float32 batch [N, S, S, 3] to embeddings; ``model_input`` is what the model
+    expects (:func:`arcface.model_input.read_model_input`): size, crop, alignment, and the evaluated
+    same-person ``threshold`` with the flip rule its embeddings were computed with.
     """
 
     forward: Callable[[np.ndarray], np.ndarray]
-    image_size: int
-    center_crop: float = 1.0
-    threshold: float | None = None
-    threshold_flip_tta: bool = False
+    model_input: ModelInput
     source: str = ""
-    align: str = "none"  # 'mtcnn': photos are aligned onto the template before model_input, as in training
+
+    @classmethod
+    def of_keras(cls, model, model_input: ModelInput, source: str = "") -> Embedder:
+        """A Keras model (an embedding model, or a backbone for its features) as an Embedder."""
+        return cls(_keras_forward(model), model_input, source)
+
+    @property
+    def image_size(self) -> int:
+        return self.model_input.image_size
+
+    @property
+    def center_crop(self) -> float:
+        return self.model_input.center_crop
+
+    @property
+    def align(self) -> str:
+        return self.model_input.alignment
+
+    @property
+    def threshold(self) -> float | None:
+        return self.model_input.threshold
+
+    @property
+    def threshold_flip_tta(self) -> bool:
+        return self.model_input.flip_tta
 
     def inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
         """Encoded images -> the model's inputs [N, S, S, 3]: aligned first when the model was trained on aligned
@@ -73,14 +101,11 @@ class Embedder:
         """The faces in each upright image (one batched detector call), or None for a model fed whole images."""
         if self.align == "none":
             return None
-        from arcface.data.align import default_detector
-
         return default_detector().detect(images)
 
     def inputs_from(self, images: Sequence[np.ndarray], names: Sequence[str],
                     faces: Sequence[Sequence[Any]] | None) -> tuple[np.ndarray, list[NoFace]]:
         """Upright images and their detected faces (None: not aligning) -> :meth:`checked_inputs`'s result."""
-        from arcface.data.align import align_detected, inputs_from_alignments
         from arcface.data.preprocess import decoded_model_input
 
         if faces is None:
@@ -97,10 +122,29 @@ class Embedder:
         return self.inputs([read_image_bytes(p) for p in paths], list(paths))
 
     def _embed_batch(self, batch: np.ndarray, flip_tta: bool) -> np.ndarray:
-        out = np.asarray(self.forward(batch), dtype=np.float32)
-        if flip_tta:  # sum with the mirror image's embedding, as the evaluation does (normalized by the caller)
-            out = out + np.asarray(self.forward(np.ascontiguousarray(batch[:, :, ::-1, :])), dtype=np.float32)
-        return out
+        """The raw rows of ``batch``; with ``flip_tta`` each summed with its mirror image's, both in one pass
+        (normalized by the caller)."""
+        if not flip_tta:
+            return np.asarray(self.forward(batch), dtype=np.float32)
+        rows = np.asarray(self.forward(np.concatenate([batch, batch[:, :, ::-1, :]])), dtype=np.float32)
+        return rows[:len(batch)] + rows[len(batch):]
+
+    def embed_batches(self, batches: Iterable[Any], flip_tta: bool = False, timing: dict | None = None,
+                      normalize: bool = True) -> np.ndarray:
+        """Model inputs in batches (arrays or tensors [N, S, S, 3], e.g. a tf.data dataset's) -> their rows,
+        unit length unless ``normalize`` is off (a backbone's features). ``timing``, when given, receives the
+        images and seconds after the first batch, which pays for tracing and says nothing of the model's speed."""
+        outputs, start = [], time.perf_counter()
+        for batch in batches:
+            outputs.append(self._embed_batch(np.asarray(batch, dtype=np.float32), flip_tta))
+            if len(outputs) == 1:
+                start = time.perf_counter()
+        if not outputs:
+            raise EmbeddingError("there are no images to embed")
+        if timing is not None:
+            timing.update(images=sum(len(o) for o in outputs[1:]), seconds=time.perf_counter() - start)
+        rows = np.concatenate(outputs)
+        return l2_normalize(rows) if normalize else rows
 
     def embed(self, paths: Sequence[str], batch_size: int = 32, flip_tta: bool = False,
               on_no_face: str = "fail") -> np.ndarray:
@@ -165,7 +209,6 @@ class Embedder:
         return Prepared(batch[[i - offset for i in kept]], kept, skipped, faceless if on_no_face == "whole" else [])
 
 
-NO_FACE_CHOICES = ("skip", "fail", "whole")
 
 
 def check_on_no_face(on_no_face: str) -> None:
@@ -185,9 +228,7 @@ class NoFace:
 
     @classmethod
     def from_finding(cls, index: int, name: str, finding: str) -> NoFace:
-        from arcface.data.align import CODES
-
-        code, _, message = finding.partition(": ")  # aligned_model_inputs reports 'code: message'
+        code, _, message = finding.partition(": ")  # inputs_from_alignments reports 'code: message'
         return cls(index, name, code, message, CODES[code][2] + WHOLE_IMAGE_HINT)
 
     def to_dict(self) -> dict[str, str]:
@@ -261,8 +302,6 @@ def decode_upright(contents: bytes, name: str) -> np.ndarray:
     it); unreadable bytes are an error naming them."""
     import tensorflow as tf
 
-    from arcface.data.align import upright_image
-
     try:
         return upright_image(contents)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
@@ -273,19 +312,6 @@ def decode_upright(contents: bytes, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------
-def _card(folder: str) -> dict[str, Any]:
-    """The model card of an export folder; {} for a folder without one (a training run, a bare model)."""
-    return ExportDir.read_card(folder) if ExportDir.has_card(folder) else {}
-
-
-def _threshold_from(folder: str) -> tuple[float | None, bool]:
-    """(threshold, flip_tta it was chosen with) from a model card or an evaluation's metrics.json."""
-    evaluation = ExportDir.card_evaluation(_card(folder))
-    if evaluation is None and EvaluationDir.exists(folder):
-        evaluation = EvaluationDir.read(folder)
-    return (evaluation.threshold, evaluation.flip_tta) if evaluation is not None else (None, False)
-
-
 def _keras_forward(model) -> Callable[[np.ndarray], np.ndarray]:
     import tensorflow as tf
 
@@ -299,8 +325,6 @@ def _keras_forward(model) -> Callable[[np.ndarray], np.ndarray]:
 def _saved_model_forward(path: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     import tensorflow as tf
 
-    from arcface.export import OUTPUT_KEY, TENSOR_SIGNATURE
-
     loaded = tf.saved_model.load(path)
     if TENSOR_SIGNATURE not in loaded.signatures:
         raise EmbeddingError(f"SavedModel {path} has no '{TENSOR_SIGNATURE}' signature (it has "
@@ -310,25 +334,12 @@ def _saved_model_forward(path: str) -> tuple[Callable[[np.ndarray], np.ndarray],
     return (lambda batch: signature(image=tf.constant(batch))[OUTPUT_KEY].numpy()), image_size
 
 
-def _alignment_from(folder: str) -> str:
-    """The alignment the model in ``folder`` was trained with: its model card's, else its training metadata's;
-    'none' for a model that records none (trained before alignment existed, or on pre-aligned crops)."""
-    recorded = _card(folder).get("alignment") or ModelDir.read_metadata(folder).get("alignment") or {}
-    return str(recorded.get("method", "none"))
-
-
 def _from_keras_file(path: str, folder: str) -> Embedder:
-    """A .keras file; a model card or metadata next to it (an export or run folder) supplies crop and threshold."""
+    """A .keras file; a model card or metadata next to it (an export or run folder) says what it expects."""
     model = artifacts.load_keras(path)
-    card = _card(folder)
-    metadata = ModelDir.read_metadata(folder)
-    crop = (card.get("input") or {}).get("center_crop", metadata.get("center_crop", 1.0))
-    threshold, flip = _threshold_from(folder)
-    return Embedder(_keras_forward(model), int(model.input_shape[1]), float(crop), threshold, flip, path,
-                    _alignment_from(folder))
+    return Embedder.of_keras(model, read_model_input(folder, image_size=int(model.input_shape[1])), path)
 
 
-ALIGN_CHOICES = ("auto", "mtcnn", "none")
 
 
 def load_embedder(path: str | os.PathLike, align: str | None = None) -> Embedder:
@@ -341,7 +352,7 @@ def load_embedder(path: str | os.PathLike, align: str | None = None) -> Embedder
         raise EmbeddingError(f"--align={align!r} is unknown; choose one of: {', '.join(ALIGN_CHOICES)}")
     embedder = _load_embedder(str(path))
     if align not in (None, "auto"):
-        embedder.align = align
+        embedder.model_input = dataclasses.replace(embedder.model_input, alignment=align)
     return embedder
 
 
@@ -356,14 +367,10 @@ def _load_embedder(path: str) -> Embedder:
                              "or a .keras file")
     if os.path.isfile(os.path.join(path, artifacts.EMBEDDING_MODEL_FILE)):  # a training run
         trained = artifacts.load_model_dir(path)
-        crop = float(trained.metadata.get("center_crop", trained.config.center_crop))
-        threshold, flip = _threshold_from(path)
-        return Embedder(_keras_forward(trained.embedding_model), trained.image_size, crop, threshold, flip, path,
-                        _alignment_from(path))
+        return Embedder.of_keras(trained.embedding_model, read_model_input(path, trained.image_size, trained.config.center_crop),
+                                  path)
     if os.path.isfile(os.path.join(path, ExportDir.KERAS_FILE)):  # an export: the .keras file loads fastest
         return _from_keras_file(os.path.join(path, ExportDir.KERAS_FILE), path)
-    from arcface.mlops.store import EXTRA_DIR
-
     extra = os.path.join(path, EXTRA_DIR)  # a model-store version: the export's other files and its card
     if ExportDir.has_card(extra) and os.path.isfile(os.path.join(extra, ExportDir.KERAS_FILE)):
         return _from_keras_file(os.path.join(extra, ExportDir.KERAS_FILE), extra)
@@ -376,9 +383,7 @@ def _load_embedder(path: str) -> Embedder:
     folder = (path if saved_model != path else extra if ExportDir.has_card(extra)
               else os.path.dirname(os.path.abspath(path)))
     forward, image_size = _saved_model_forward(saved_model)
-    crop = float((_card(folder).get("input") or {}).get("center_crop", 1.0))
-    threshold, flip = _threshold_from(folder)
-    return Embedder(forward, image_size, crop, threshold, flip, saved_model, _alignment_from(folder))
+    return Embedder(forward, read_model_input(folder, image_size), saved_model)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ check passed, so a failed export leaves ``output_dir`` as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -33,12 +34,13 @@ from typing import Any
 import numpy as np
 
 from arcface import __version__, artifacts
-from arcface.contracts import EvaluationDir, ExportDir, ModelDir
+from arcface.choices import EXPORT_FORMATS, QUANTIZE
+from arcface.contracts import EvaluationDir, ExportDir, ManifestDir, ModelDir
+from arcface.model_input import ModelInput, read_model_input
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "keras", "tflite", "onnx")
-QUANTIZE = ("none", "float16", "dynamic")
+FORMATS = EXPORT_FORMATS
 ONNX_OPSET = 17
 
 # The folder's file names are defined by arcface.contracts.ExportDir.
@@ -246,8 +248,6 @@ def _manifest_images(model_dir: str, metadata: dict[str, Any]) -> list[str]:
     path = name if os.path.isabs(name) else os.path.join(model_dir, name)
     if not os.path.isfile(path):
         return []
-    from arcface.contracts import ManifestDir
-
     paths = ManifestDir.read(path).absolute_paths("validation")
     return [p for p in paths if os.path.isfile(p)]
 
@@ -368,7 +368,7 @@ def input_contract(alignment: dict[str, Any], image_size: int) -> str:
     return (f"aligned face crop: the model was trained on {alignment.get('method')} face crops warped onto the "
             f"ArcFace 5-point template at {alignment.get('image_size', image_size)}x"
             f"{alignment.get('image_size', image_size)}; the signatures do not detect faces, so align photos "
-            "first (arcface embed/compare/search do, as does arcface.data.align.aligned_model_inputs)")
+            "first (arcface embed/compare/search, the server and the evaluation do)")
 
 
 def _started_from_text(started: dict[str, Any] | None) -> str:
@@ -512,8 +512,9 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
     evaluation = _card_evaluation(metrics_path)
     trained = artifacts.load_model_dir(model_dir)
     model, metadata = trained.embedding_model, trained.metadata
-    image_size = trained.image_size
-    center_crop = float(metadata.get("center_crop", trained.config.center_crop))
+    model_input = read_model_input(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir),
+                                   trained.image_size, trained.config.center_crop)
+    image_size, center_crop = model_input.image_size, model_input.center_crop
 
     check_source, names, encoded = _parity_images(check_images, model_dir, metadata, image_size)
     batch = _decode_batch(encoded, names, image_size, center_crop)
@@ -531,7 +532,7 @@ def export(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, forma
             shutil.copy2(os.path.join(model_dir, ModelDir.HEAD_FILE), os.path.join(staging, ModelDir.HEAD_FILE))
             published.append(ModelDir.HEAD_FILE)
         card = _model_card(trained, model_dir, formats, quantize, staging, parity, evaluation,
-                           check_source, names, image_size, center_crop)
+                           check_source, names, model_input)
         card = ExportDir.write_card(staging, card, render_card_markdown(card))
         _publish(staging, output_dir, published)
     finally:
@@ -588,7 +589,7 @@ def _format_files(formats: Sequence[str], quantize: str) -> dict[str, str]:
 
 def _model_card(trained, model_dir: str, formats: Sequence[str], quantize: str, staging: str,
                 parity: dict[str, dict[str, Any]], evaluation: dict[str, Any],
-                check_source: str, check_names: Sequence[str], image_size: int, center_crop: float) -> dict[str, Any]:
+                check_source: str, check_names: Sequence[str], model_input: ModelInput) -> dict[str, Any]:
     format_files = _format_files(formats, quantize)
     check_images: dict[str, Any] = {"source": check_source, "count": len(check_names)}
     if check_source == "synthetic":
@@ -597,7 +598,11 @@ def _model_card(trained, model_dir: str, formats: Sequence[str], quantize: str, 
     else:
         check_images["files"] = [os.path.basename(n) for n in check_names]
     metadata = trained.metadata
-    alignment = metadata.get("alignment") or {"method": "none"}
+    alignment = metadata.get("alignment") or {"method": model_input.alignment}
+    image_size = model_input.image_size
+    # The threshold is the given evaluation's, and holds for embeddings computed as it computed them.
+    model_input = dataclasses.replace(model_input, threshold=evaluation.get("threshold"),
+                                      flip_tta=bool(evaluation.get("flip_tta", False)))
     return {
         "name": f"arcface-{trained.config.backbone}-{trained.config.embedding_size}d",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -611,9 +616,8 @@ def _model_card(trained, model_dir: str, formats: Sequence[str], quantize: str, 
         # The alignment the model was trained with: `arcface embed/compare/search` and the evaluation of a
         # pairs file follow it; the serving graph does not detect faces, so its input contract says so.
         "alignment": alignment,
-        "input": {"image_size": image_size, "channels": 3, "center_crop": center_crop,
-                  "contract": input_contract(alignment, image_size),
-                  "normalization": dict(metadata.get("normalization", artifacts.NORMALIZATION)),
+        # What the model expects (arcface.model_input.ModelInput), and what its signatures take, in words.
+        "input": {**model_input.to_dict(), "channels": 3, "contract": input_contract(alignment, image_size),
                   "signatures": {SERVING_SIGNATURE: "images: tf.string [N] encoded image files",
                                  TENSOR_SIGNATURE: f"image: float32 [N, {image_size}, {image_size}, 3] normalized"},
                   "output": f"{OUTPUT_KEY}: float32 [N, {int(trained.embedding_model.output_shape[-1])}], unit length"},

@@ -1,8 +1,7 @@
 """Which Keras precision policy a training run uses, and why.
 
 ``choose(requested, devices)`` is the whole decision; ``local_devices()`` describes this machine for it. The
-module imports only the standard library at the top (the config imports :data:`CHOICES`); TensorFlow and Keras
-are imported where they are needed.
+module imports only the standard library at the top; TensorFlow and Keras are imported where they are needed.
 
 ``auto`` picks:
 
@@ -19,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-CHOICES = (*POLICIES, "auto")
+from arcface.choices import PRECISIONS as CHOICES
+
 #: The CPU flags (as /proc/cpuinfo spells them) that matter to the choice and to the benchmark's record.
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -92,8 +92,6 @@ def cpu_name(cpuinfo: str) -> str:
         key, _, value = line.partition(":")
         if key.strip() == "model name":
             return value.strip()
-    import platform
-
     return platform.processor() or platform.machine()
 
 
@@ -190,6 +188,7 @@ def float32_model(model):
         return model
     import keras
 
+    # Here, not at the top: the config imports this module and must not load TensorFlow.
     from arcface.models import CUSTOM_OBJECTS
 
     config = _float32_policies(keras.saving.serialize_keras_object(model))

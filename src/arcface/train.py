@@ -25,7 +25,11 @@ import tensorflow as tf
 from arcface import __version__, artifacts, atomic, precision, warm_start
 from arcface.config import TrainConfig
 from arcface.contracts import AlignedDir, ModelDir
-from arcface.data import make_dataset
+from arcface.data.align import run_alignment
+from arcface.data.input import make_dataset
+from arcface.data.manifest import Manifest
+from arcface.data.validate import resolve_roots, run_validation
+from arcface.model_input import ModelInput
 from arcface.models import MarginHead, build_models, fast_training
 from arcface.models import partial_fc as pfc
 from arcface.training import TrainingError
@@ -273,14 +277,15 @@ class Trainer:
 
     # -- saving --------------------------------------------------------------------------------------------
     def metadata(self, **extra) -> dict[str, Any]:
+        alignment = AlignedDir.alignment_of(self.manifest)
         return {
             "package_version": __version__, "framework": f"tensorflow {tf.__version__} / keras {keras.__version__}",
             "class_names": self.class_names, "manifest_sha256": self.manifest.sha256,
             "image_size": self.config.image_size, "embedding_size": self.config.embedding_size,
-            "normalization": artifacts.NORMALIZATION, "center_crop": self.config.center_crop,
             "backbone": self.config.backbone, "margin": self.config.margin,
             # what the model was trained on (from the manifest, not the config): every entrance aligns the same way
-            "alignment": AlignedDir.alignment_of(self.manifest),
+            "alignment": alignment,
+            "input": ModelInput(self.config.image_size, self.config.center_crop, alignment["method"]).to_dict(),
             "replicas": self.replicas, "global_batch_size": self.config.batch_size,
             "sync_batchnorm": self.replicas > 1 and self.config.sync_batchnorm,
             "checkpoint_dir": self.checkpoint_dir, "checkpoint_key": self.checkpoint_key,
@@ -514,8 +519,6 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=
     """Train from a config; without a manifest the data folders are validated first (as the original did), then
     aligned when ``config.align`` says so (see :func:`align_for_training`). ``model_store``/``model_name``: the
     store whose current version ``--init_from champion`` names."""
-    from arcface import data
-
     config = config.validate()
     # Before any work: a model to start from that cannot be used is reported at once.
     starting_point = warm_start.resolve(config.init_from, model_store=model_store, model_name=model_name)
@@ -529,15 +532,15 @@ def train(config: TrainConfig, manifest=None, *, verbose: int = 1, make_dataset=
         folder = os.path.abspath(config.save_path)
         if not is_chief(strategy):
             folder = scratch = tempfile.mkdtemp(prefix="arcface-worker-data-")
-        train_root, validation_root = data.resolve_roots(config.train_data, config.validation_data)
-        result = data.run_validation(train_root, validation_root, os.path.join(folder, "data"),
-                                     n_classes=config.n_classes, min_images=config.min_images, strict=config.strict)
+        train_root, validation_root = resolve_roots(config.train_data, config.validation_data)
+        result = run_validation(train_root, validation_root, os.path.join(folder, "data"),
+                                n_classes=config.n_classes, min_images=config.min_images, strict=config.strict)
         manifest = result.manifest
         if config.align != "none":  # as the pipeline's align step does, so `arcface train` trains on the same crops
             manifest = align_for_training(config, strategy, os.path.join(folder, "data"),
                                           os.path.join(folder, "aligned"))
     elif isinstance(manifest, str | os.PathLike):
-        manifest = data.Manifest.read(manifest)
+        manifest = Manifest.read(manifest)
     if config.align != "none" and manifest.alignment is None:
         log.warning("align=%s but the manifest holds the images as they are (not aligned crops): the model is "
                     "trained, and recorded, as align=none; run `arcface align` on the manifest first to train on "
@@ -561,8 +564,6 @@ def align_for_training(config: TrainConfig, strategy: tf.distribute.Strategy, ma
     that cannot see the chief's folder aligns for itself, and Trainer checks that all ended with the same
     manifest.
     """
-    from arcface.data.align import run_alignment
-
     chief = is_chief(strategy)
     shared = config.align_cache or (os.path.join(os.path.abspath(config.checkpoint_dir), ALIGN_CACHE_DIR)
                                     if config.checkpoint_dir else "")

@@ -23,18 +23,19 @@ import glob
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from arcface.artifacts import file_sha256, load_keras
 from arcface.contracts import ExportDir, ModelDir
 from arcface.mlops.store import EXTRA_DIR, ModelStore
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-HEAD_INITS = ("mean_embedding", "random")
 HEAD_FILE = ModelDir.HEAD_FILE
 # Faces an .onnx start's BatchNorm statistics are measured on: a few hundred settle them (arcface import's advice).
 ONNX_CALIBRATION_IMAGES = 256
@@ -144,8 +145,6 @@ def _from_folder(given: str, folder: str) -> StartingPoint:
 
 
 def _from_file(given: str, path: str, folder_metadata: dict[str, Any]) -> StartingPoint:
-    from arcface.artifacts import file_sha256
-
     if not path.endswith((".keras", ".h5", ".onnx")):
         raise StartError(f"--init_from={given!r}: {path} is neither a .keras model, .h5 weights nor an insightface "
                          ".onnx model; pass one of those, a run's save_path or an export folder")
@@ -252,8 +251,6 @@ def start_trainer(trainer, start: StartingPoint) -> str:
         return _start_from_onnx(trainer, start)
     import keras
 
-    from arcface.artifacts import load_keras
-
     config = trainer.config
     source = load_keras(start.model_file)
     nested = [layer for layer in source.layers if isinstance(layer, keras.Model)]
@@ -321,8 +318,6 @@ def _start_from_onnx(trainer, start: StartingPoint) -> str:
     BatchNorms calibrated on this run's training faces, so the first steps in training mode compute what the
     file computes; then started from like any model folder. The import is a scratch folder: the run records
     the .onnx file and its sha256 as where it started."""
-    import tempfile
-
     from arcface.models.insightface import MIN_CALIBRATION_IMAGES, InsightfaceImportError, import_onnx
 
     faces = trainer.manifest.absolute_paths("train")[:ONNX_CALIBRATION_IMAGES]

@@ -2,22 +2,18 @@
 
 ``validate_dataset``/``run_validation`` and the manifest need only Pillow; the TF parts (``make_dataset``,
 ``model_input``, ``face_pixels``) import TensorFlow on first use, so the validation step starts fast.
+
+Only the manifest is imported here: importing any ``arcface.data.*`` module runs this file first, and
+``validate`` imports :mod:`arcface.contracts`, which imports the manifest (the layers are in :mod:`arcface`):
+importing ``validate`` here would be a cycle. The other names are looked up in their modules on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from arcface.data.manifest import DataError, Manifest, ManifestRow
-from arcface.data.validate import (
-    CODES,
-    Finding,
-    ValidationResult,
-    render_markdown,
-    resolve_roots,
-    run_validation,
-    validate_dataset,
-)
 
 if TYPE_CHECKING:
     from arcface.data import preprocess
@@ -31,8 +27,19 @@ if TYPE_CHECKING:
         model_input,
         normalize,
     )
+    from arcface.data.validate import (
+        CODES,
+        Finding,
+        ValidationResult,
+        render_markdown,
+        resolve_roots,
+        run_validation,
+        validate_dataset,
+    )
 
 _LAZY = {
+    **dict.fromkeys(("CODES", "Finding", "ValidationResult", "render_markdown", "resolve_roots", "run_validation",
+                     "validate_dataset"), "arcface.data.validate"),
     "make_dataset": "arcface.data.input",
     "augment_image": "arcface.data.input",
     "decode_image": "arcface.data.preprocess",
@@ -54,8 +61,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
     if name == "preprocess":  # the module (model_input, decode_image, ...), imported on first use
         return importlib.import_module("arcface.data.preprocess")
     if name in _LAZY:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import io
 import logging
 import os
@@ -34,12 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from arcface import atomic
+from arcface.choices import ALIGN_METHODS as METHODS
+from arcface.contracts import AlignedDir, ManifestDir
 from arcface.data.manifest import DataError, Manifest, ManifestRow
-from arcface.data.validate import Finding
+from arcface.data.validate import CODES as VALIDATION_CODES
+from arcface.data.validate import Finding, render_markdown
 
 log = logging.getLogger("arcface.align")
 
-METHODS = ("mtcnn", "none")
 TEMPLATE_NAME = "arcface_5pt"
 #: The ArcFace (insightface ``norm_crop``) template for a 112x112 crop: left eye, right eye (as seen in the
 #: image), nose tip, left and right mouth corners; pixel-index coordinates (x, y).
@@ -145,9 +149,7 @@ class MtcnnDetector:
 
     @property
     def version(self) -> str:
-        from importlib.metadata import version
-
-        return f"mtcnn {version('mtcnn')}"
+        return f"mtcnn {importlib.metadata.version('mtcnn')}"
 
     def _detector(self):
         if self._model is None:
@@ -350,8 +352,6 @@ def _record(source: str, sha256: str, result: Alignment, crop_name: str | None) 
 
 def _cached_records(cache_dir: str | None, wanted: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The reusable records of ``cache_dir`` (an earlier align output or cache folder) and its crops folder."""
-    from arcface.contracts import AlignedDir
-
     if not cache_dir or not AlignedDir.has_records(cache_dir):
         return {}, None
     document = AlignedDir.read_records(cache_dir)
@@ -366,8 +366,6 @@ def _cached_records(cache_dir: str | None, wanted: dict[str, Any]) -> tuple[dict
 
 
 def _write_file(path: str, data: bytes) -> None:
-    from arcface import atomic
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
@@ -387,6 +385,11 @@ class AlignResult:
     aligned: int  # images run through the detector in this run
     reused: int  # images whose record (and crop) came from the cache
 
+    def markdown(self) -> str:
+        """report.md (:class:`arcface.contracts.AlignedDir` writes it); a code both steps define (empty_identity)
+        gets the validation's fix, as the align step's report always did."""
+        return render_markdown(self.report, title="Face alignment", codes={**CODES, **VALIDATION_CODES})
+
 
 def align_manifest(manifest: Manifest, output_dir: str, *, image_size: int = 112, cache_dir: str | None = None,
                    strict: bool = False, n_classes: int | None = None, detector: MtcnnDetector | None = None,
@@ -398,8 +401,6 @@ def align_manifest(manifest: Manifest, output_dir: str, *, image_size: int = 112
     function also writes its new crops and records into) supplies the crops of contents aligned before;
     ``write_cache=False`` only reads it (a folder another process owns, e.g. the chief worker's).
     """
-    from arcface.contracts import AlignedDir
-
     started = time.perf_counter()
     detector = detector or default_detector()
     wanted = settings(image_size, detector)
@@ -469,8 +470,6 @@ def _align_rows(rows: list[ManifestRow], sources: dict[str, dict[str, str]], ima
 
 def _aligned_result(manifest: Manifest, records: dict[str, dict[str, Any]], wanted: dict[str, Any], output_dir: str,
                     strict: bool, n_classes: int | None, started: float, aligned: int, reused: int) -> AlignResult:
-    from arcface.contracts import AlignedDir
-
     findings, per_identity, kept = _findings_and_crops(manifest, records, wanted["image_size"],
                                                        AlignedDir.crops_dir(output_dir))
     train_left = {r.identity for r in kept if r.split == "train"}
@@ -559,8 +558,6 @@ def run_alignment(manifest_dir: str, output_dir: str, *, method: str = "mtcnn", 
 
     ``method='none'`` passes the validated manifest and its report through unchanged (pre-aligned data).
     """
-    from arcface.contracts import AlignedDir, ManifestDir
-
     if method not in METHODS:
         raise DataError(f"--align={method!r} is unknown; choose one of: {', '.join(METHODS)}")
     if method == "none":

@@ -27,6 +27,9 @@ import json
 import os
 from typing import Any
 
+from arcface import atomic
+from arcface.schema import check_version
+
 MANIFEST_VERSION = 1
 SPLITS = ("train", "validation")
 
@@ -84,8 +87,6 @@ class Manifest:
         if not isinstance(data, dict) or not {"roots", "class_names", "rows"} <= set(data):
             raise DataError(f"{source} is not a manifest (expected an object with version, roots, class_names "
                             "and rows); regenerate it with `arcface validate`")
-        from arcface.contracts import check_version
-
         check_version(data, MANIFEST_VERSION, source, "the validate step (`arcface validate`)", key="version")
         alignment = data.get("alignment")
         return cls(rows=[ManifestRow.from_dict(r) for r in data["rows"]],
@@ -111,8 +112,6 @@ class Manifest:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write through a temporary file and a rename, so a reader never sees half a manifest."""
-        from arcface import atomic
-
         with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             # One row per line: readable, and a diff of two manifests shows the files that changed.
             alignment = f' "alignment": {json.dumps(self.alignment, sort_keys=True)},\n' if self.alignment else ""

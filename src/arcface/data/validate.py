@@ -35,6 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from arcface.contracts import ManifestDir
 from arcface.data.manifest import DataError, Manifest, ManifestRow
 
 log = logging.getLogger("arcface.data")
@@ -119,6 +120,10 @@ class ValidationResult:
     @property
     def findings(self) -> list[dict[str, str]]:
         return self.report["findings"]
+
+    def markdown(self) -> str:
+        """report.md (:class:`arcface.contracts.ManifestDir` writes it)."""
+        return render_markdown(self.report)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -479,8 +484,6 @@ def validate_dataset(train_data: str, validation_data: str, *, n_classes: int | 
                                                               min_side=min_side))
     result = ValidationResult(manifest=manifest, report=report, ok=not errors)
     if output_dir is not None:
-        from arcface.contracts import ManifestDir
-
         ManifestDir.write(output_dir, result)
     return result
 
@@ -638,8 +641,11 @@ def _report(manifest: Manifest, walks: dict[str, _Walk], findings: list[Finding]
     }
 
 
-def render_markdown(report: dict[str, Any], max_per_code: int = 20, title: str = "Dataset validation") -> str:
-    """The report as Markdown: a summary table, then the findings grouped by code, each with its fix."""
+def render_markdown(report: dict[str, Any], max_per_code: int = 20, title: str = "Dataset validation",
+                    codes: dict[str, tuple[str, str, str]] | None = None) -> str:
+    """The report as Markdown: a summary table, then the findings grouped by code, each with its fix (from
+    ``codes``, the findings' table: :data:`CODES` by default; the align step passes its own as well)."""
+    fixes = {code: fix for code, (_, _, fix) in (CODES if codes is None else codes).items()}
     lines = [f"# {title}", ""]
     n_err = report["findings_by_severity"]["error"]
     lines.append("**Clean**: no file had to be excluded." if report["ok"] else
@@ -661,7 +667,7 @@ def render_markdown(report: dict[str, Any], max_per_code: int = 20, title: str =
         for code in codes:
             first = by_code[code][0]
             lines.append(f"| `{code}` | {first['severity']} | {first['action']} | {len(by_code[code])} | "
-                         f"{_fix(code)} |")
+                         f"{fixes[code]} |")
         for code in codes:
             items = by_code[code]
             lines += ["", f"### `{code}` ({len(items)})", ""]
@@ -669,15 +675,6 @@ def render_markdown(report: dict[str, Any], max_per_code: int = 20, title: str =
             if len(items) > max_per_code:
                 lines.append(f"- ... and {len(items) - max_per_code} more (see report.json)")
     return "\n".join(lines) + "\n"
-
-
-def _fix(code: str) -> str:
-    """How to fix a finding of validation or of alignment (the align step's report is rendered here too)."""
-    if code in CODES:
-        return CODES[code][2]
-    from arcface.data.align import CODES as ALIGN_CODES
-
-    return ALIGN_CODES[code][2]
 
 
 def _log_findings(findings: Iterable[dict[str, str]], per_code: int = 10) -> None:

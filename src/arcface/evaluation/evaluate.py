@@ -17,6 +17,7 @@ the training model) gives the features, and ``head.cosine(features)`` (MarginHea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -26,9 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from arcface.contracts import BEST_THRESHOLD, KFOLD_MEAN, EvaluationDir, EvaluationSummary
+from arcface import artifacts
+from arcface.choices import ALIGN_CHOICES
+from arcface.contracts import BEST_THRESHOLD, KFOLD_MEAN, EvaluationDir, EvaluationSummary, ExportDir
+from arcface.data.manifest import Manifest
+from arcface.embedding import Embedder, read_image_bytes
 from arcface.evaluation import metrics as M
 from arcface.evaluation.pairs import PairList, generate_pairs, read_pairs
+from arcface.evaluation.report import write_report
+from arcface.model_input import ModelInput, read_model_input
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,7 @@ def _path_dataset(paths: Sequence[str], image_size: int, center_crop: float, bat
 
 def validation_dataset(manifest, image_size: int, center_crop: float, batch_size: int):
     """The manifest's validation split as training reads it for validation: in row order, unaugmented."""
-    from arcface.data import make_dataset
+    from arcface.data.input import make_dataset  # TensorFlow
 
     return make_dataset(manifest, VALIDATION, image_size=image_size, batch_size=batch_size, training=False,
                         center_crop=center_crop, augment=False)
@@ -119,39 +126,6 @@ def _as_batches(images, model_hw: tuple[int, int], center_crop: float, batch_siz
     return _path_dataset(list(images), model_hw[0], center_crop, batch_size)
 
 
-def _forward(model, batches, flip_tta: bool, timing: dict | None = None) -> np.ndarray:
-    """Run ``model`` over batches; with ``flip_tta`` return output(image) + output(mirrored image).
-
-    ``timing``, when given, receives the images and seconds after the first batch: the first one pays for
-    tracing the function, which says nothing about the model's speed.
-    """
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def step(x):
-        x = tf.cast(x, tf.float32)
-        if not flip_tta:
-            return model(x, training=False)
-        n = tf.shape(x)[0]
-        both = model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False)  # axis 2 = width
-        return both[:n] + both[n:]
-
-    outputs, start = [], time.perf_counter()
-    for batch in batches:
-        outputs.append(step(batch).numpy())
-        if len(outputs) == 1:
-            start = time.perf_counter()
-    if not outputs:
-        raise EvaluationError("there are no images to embed")
-    if timing is not None:
-        timing.update(images=sum(len(o) for o in outputs[1:]), seconds=time.perf_counter() - start)
-    return np.concatenate(outputs).astype(np.float32)
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def embed_images(embedding_model, images, image_size: int | None = None, center_crop: float = 1.0,
                  batch_size: int = 64, flip_tta: bool = True, timing: dict | None = None) -> np.ndarray:
     """Unit-length embeddings (n, d) float32 of image files, an image array or a ``tf.data`` dataset.
@@ -175,16 +149,14 @@ def embed_images(embedding_model, images, image_size: int | None = None, center_
         raise _size_error(model_hw, f"image_size={image_size} was requested",
                           f"evaluate at the training size, image_size={model_hw[0]}")
     batches = _as_batches(images, model_hw, center_crop, batch_size)
-    return _l2_normalize(_forward(embedding_model, batches, flip_tta, timing))
+    embedder = Embedder.of_keras(embedding_model, ModelInput(model_hw[0], center_crop))
+    return embedder.embed_batches(batches, flip_tta, timing)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Model and data checks
 # ---------------------------------------------------------------------------------------------------
 def _load(model, manifest):
-    from arcface import artifacts
-    from arcface.data import Manifest
-
     if isinstance(model, artifacts.TrainedModel):
         trained = model
     else:
@@ -196,13 +168,20 @@ def _load(model, manifest):
     return trained, manifest
 
 
-def _alignment_method(trained, align: str | None) -> str:
-    """'mtcnn' or 'none': ``align`` when given, else what the model's metadata records (none when absent)."""
-    if align not in (None, "auto"):
-        if align not in ("mtcnn", "none"):
-            raise EvaluationError(f"align={align!r} is unknown; choose auto, mtcnn or none")
-        return align
-    return str((trained.metadata.get("alignment") or {}).get("method", "none"))
+def _model_input(trained, center_crop: float | None, align: str | None) -> ModelInput:
+    """What the model expects (:func:`read_model_input` of its folder), with the crop and alignment a caller
+    overrides: ``align`` 'mtcnn' or 'none', or None/'auto' to follow the model."""
+    if align not in (None, *ALIGN_CHOICES):
+        raise EvaluationError(f"align={align!r} is unknown; choose {', '.join(ALIGN_CHOICES)}")
+    path = os.fspath(trained.path or "")
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    model_input = (read_model_input(folder, trained.image_size, trained.config.center_crop) if folder else
+                   ModelInput(trained.image_size, float(trained.config.center_crop)))
+    if center_crop is not None:
+        model_input = dataclasses.replace(model_input, center_crop=float(center_crop))
+    if align in ALIGN_CHOICES[1:]:  # past 'auto', which follows the model
+        model_input = dataclasses.replace(model_input, alignment=align)
+    return model_input
 
 
 def _head_classes(training_model) -> int | None:
@@ -214,8 +193,6 @@ def _head_classes(training_model) -> int | None:
 
 def _check_fit(trained, manifest) -> None:
     """Fail early, naming both numbers, when the model and the data cannot belong together."""
-    from arcface import artifacts
-
     side = trained.image_size
     has_config = bool(trained.path) and os.path.exists(os.path.join(trained.path, artifacts.CONFIG_FILE))
     if has_config and int(trained.config.image_size) != side:
@@ -299,7 +276,8 @@ def _closed_set(trained, manifest, center_crop: float, batch_size: int) -> dict[
     labels = np.asarray(manifest.labels(VALIDATION), dtype=np.int64)
     backbone, head = _backbone_and_head(trained.training_model)
     dataset = validation_dataset(manifest, trained.image_size, center_crop, batch_size)
-    features = _forward(backbone, _as_batches(dataset, _model_size(backbone), center_crop, batch_size), False)
+    features = Embedder.of_keras(backbone, ModelInput(trained.image_size, center_crop)).embed_batches(
+        _as_batches(dataset, _model_size(backbone), center_crop, batch_size), normalize=False)
     # Margin-free logits: the cosine to each class centre (MarginHead) or the plain classifier (SoftmaxHead).
     logits = np.asarray(head.cosine(features) if hasattr(head, "cosine") else head(features), dtype=np.float64)
     class_names = list(manifest.class_names)
@@ -398,24 +376,22 @@ def _pair_scores(embeddings: np.ndarray, paths: Sequence[str], pairs: PairList) 
     return np.sum(a * b, axis=1).astype(np.float64)
 
 
-def _aligned_inputs(paths: Sequence[str], side: int, crop: float) -> tuple[np.ndarray, dict[str, str]]:
-    """The model inputs of raw photos aligned as training crops are; a face not found is fed whole (and listed)."""
-    from arcface.data.align import aligned_model_inputs
+def _aligned_inputs(paths: Sequence[str], model_input: ModelInput) -> tuple[np.ndarray, dict[str, str]]:
+    """The model inputs of raw photos aligned as training crops are, through the embedders' own entrance; a
+    face not found is fed whole (and listed)."""
+    embedder = Embedder(forward=_never_called, model_input=dataclasses.replace(model_input, alignment="mtcnn"))
+    batch, faceless = embedder.checked_inputs([read_image_bytes(p) for p in paths], list(paths))
+    return batch, {f.name: f"{f.code}: {f.message}" for f in faceless}
 
-    contents = []
-    for path in paths:
-        with open(path, "rb") as f:
-            contents.append(f.read())
-    return aligned_model_inputs(contents, paths, side, crop, whole_image_fallback=True, error=EvaluationError)
+
+def _never_called(batch: np.ndarray) -> np.ndarray:
+    raise AssertionError("only the embedder's inputs are wanted here")
 
 
 def _champion(champion: str | os.PathLike, pairs: PairList, manifest, pairs_file, paths: Sequence[str],
               batch_size: int, flip_tta: bool) -> dict[str, Any]:
     """The champion (an export folder: model.keras and its card) scored on the same pairs and images, the
     same way: the same decoding, its own image size and crop (from its card), the same flip_tta."""
-    from arcface import artifacts
-    from arcface.contracts import ExportDir
-
     folder = os.fspath(champion)
     keras_file = os.path.join(folder, ExportDir.KERAS_FILE)
     if not os.path.isfile(keras_file):
@@ -423,15 +399,13 @@ def _champion(champion: str | os.PathLike, pairs: PairList, manifest, pairs_file
                               "run's pairs. Promote models exported with 'keras' in export_formats, or roll back "
                               "to a version that has one")
     model = artifacts.load_keras(keras_file)
-    card = ExportDir.read_card(folder)
-    card_input = card.get("input") or {}
-    side = int(card_input.get("image_size") or _model_size(model)[0])
-    crop = float(card_input.get("center_crop", 1.0))
+    model_input = read_model_input(folder, _model_size(model)[0])
+    side, crop = model_input.image_size, model_input.center_crop
     not_aligned: dict[str, str] = {}
     if not pairs_file:  # this run's validation faces (aligned by this run's align step when it aligns)
         images = validation_dataset(manifest, side, crop, batch_size)
-    elif (card.get("alignment") or {}).get("method", "none") != "none":  # raw photos, aligned as it was trained
-        images, not_aligned = _aligned_inputs(paths, side, crop)
+    elif model_input.alignment != "none":  # raw photos, aligned as it was trained
+        images, not_aligned = _aligned_inputs(paths, model_input)
     else:
         images = list(paths)
     scores = _pair_scores(embed_images(model, images, side, crop, batch_size, flip_tta), paths, pairs)
@@ -453,18 +427,18 @@ def _check_finite(metrics: Any, where: str = "metrics") -> None:
         raise EvaluationError(f"{where} is {metrics}; this is a bug in the evaluation code, please report it")
 
 
-def _pair_images(trained, manifest, pairs: PairList, pairs_file, method: str, crop: float,
+def _pair_images(manifest, pairs: PairList, pairs_file, model_input: ModelInput,
                  batch_size: int) -> tuple[list[str], Any, dict[str, str]]:
     """The paths of the pairs' images, what the model is fed for them, and the photos whose face was not found."""
     if pairs_file:
         paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
-        if method != "none":  # raw photos: aligned as the training crops were
-            images, not_aligned = _aligned_inputs(paths, trained.image_size, crop)
+        if model_input.alignment != "none":  # raw photos: aligned as the training crops were
+            images, not_aligned = _aligned_inputs(paths, model_input)
             return paths, images, not_aligned
         return paths, paths, {}
     # Drawn from the validation split: read it as training does (EXIF orientation included).
     paths = manifest.absolute_paths(VALIDATION)
-    return paths, validation_dataset(manifest, trained.image_size, crop, batch_size), {}
+    return paths, validation_dataset(manifest, model_input.image_size, model_input.center_crop, batch_size), {}
 
 
 def _timed_embeddings(trained, images, n_images: int, crop: float, batch_size: int,
@@ -546,17 +520,15 @@ def evaluate(model, manifest=None, *, output_dir: str | os.PathLike, pairs_file:
         plus ``roc`` ({fpr, tpr, thresholds}, <= 200 points, for ``log_roc_curve``) and
         ``confusion_matrix`` ({categories, matrix, ...}, <= 50 classes, for ``log_confusion_matrix``).
     """
-    from arcface.evaluation.report import write_report
-
     trained, manifest = _load(model, manifest)
     _check_fit(trained, manifest)
-    crop = float(trained.config.center_crop if center_crop is None else center_crop)
+    model_input = _model_input(trained, center_crop, align)
+    crop, method = model_input.center_crop, model_input.alignment
     os.makedirs(output_dir, exist_ok=True)
 
     closed = _closed_set(trained, manifest, crop, batch_size)
     pairs, source = _pairs(manifest, pairs_file, pairs_root, seed, on_missing)
-    method = _alignment_method(trained, align)
-    paths, images, not_aligned = _pair_images(trained, manifest, pairs, pairs_file, method, crop, batch_size)
+    paths, images, not_aligned = _pair_images(manifest, pairs, pairs_file, model_input, batch_size)
     embeddings, throughput = _timed_embeddings(trained, images, len(paths), crop, batch_size, flip_tta)
     scores = _pair_scores(embeddings, paths, pairs)
 

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from arcface.choices import ON_MISSING
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MissingImagesError", "Pair", "PairList", "PairsError", "generate_pairs", "lfw_image_path",
            "read_pairs"]
 
-ON_MISSING = ("error", "skip")
 MAX_LISTED = 10
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from arcface import atomic
 from arcface.evaluation.metrics import subsample_roc
 
 __all__ = ["bar_chart", "histogram_chart", "line_chart", "render_report", "write_report"]
@@ -232,6 +233,4 @@ def render_report(metrics: dict[str, Any], *, scores, is_same, far, tar) -> str:
 def write_report(path: str | os.PathLike, metrics: dict[str, Any], *, scores, is_same, far, tar) -> None:
     """Write :func:`render_report` through a temporary file and a rename."""
     text = render_report(metrics, scores=scores, is_same=is_same, far=far, tar=tar)
-    from arcface import atomic
-
     atomic.write_text(path, text)

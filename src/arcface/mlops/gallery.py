@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from arcface import artifacts, atomic
+from arcface.choices import GALLERY_KINDS
 from arcface.contracts import ContractError, ExportDir, ModelDir, check_version
 from arcface.embedding import (
     EXIT_SKIPPED,
@@ -41,6 +42,7 @@ from arcface.embedding import (
     load_embedder,
     report_no_face,
 )
+from arcface.model_input import read_model_input
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ META_FILE = "index.json"
 VECTORS_FILE = "vectors.npy"
 FAISS_FILE = "index.faiss"
 SCHEMA_VERSION = 1
-KINDS = ("exact", "hnsw", "ivf")
+KINDS = GALLERY_KINDS
 HNSW_NEIGHBOURS = 32       # M: graph degree; 32 is faiss's usual choice for 512-d embeddings
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128       # candidates kept while searching: recall against query time
@@ -133,13 +135,10 @@ def load_model(path: str | os.PathLike) -> IdentifiedModel:
     embedder = load_embedder(path)
     card_file = find_card(path)
     card = ExportDir.read_card(card_file) if card_file else {}
-    if card:
-        crop = (card.get("input") or {}).get("center_crop", embedder.center_crop)
-        evaluation = ExportDir.card_evaluation(card)
-        embedder = dataclasses.replace(
-            embedder, center_crop=float(crop),
-            threshold=evaluation.threshold if evaluation else embedder.threshold,
-            threshold_flip_tta=evaluation.flip_tta if evaluation else embedder.threshold_flip_tta)
+    if card:  # a store version's card lies in assets.extra/, beside the files the embedder was loaded from
+        model_input = read_model_input(os.path.dirname(card_file), embedder.image_size)
+        embedder = dataclasses.replace(embedder, model_input=dataclasses.replace(
+            model_input, alignment=embedder.align))
     return IdentifiedModel(embedder, model_identity(path, card_file), card, path)
 
 

@@ -55,6 +55,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import io
 import threading
 import warnings
@@ -541,9 +542,7 @@ class HostModelServer(kserve.ModelServer):
         multiprocess = getattr(self, "_rest_multiprocess_server", None)
         rest = getattr(multiprocess, "_rest_server", None) or getattr(self, "_rest_server", None)
         if rest is None or not hasattr(rest, "config"):  # a KServe that builds its server otherwise: refuse, not 0.0.0.0
-            from importlib.metadata import version
-
-            raise RuntimeError(f"kserve {version('kserve')} does not build its REST server as "
+            raise RuntimeError(f"kserve {importlib.metadata.version('kserve')} does not build its REST server as "
                                "arcface.mlops.serving.HostModelServer expects, so --host cannot be applied; install the "
                                "kserve version the serve extra names")
         rest.config.host = self.host

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from arcface import atomic
-from arcface.contracts import ContractError, ExportDir, StoreVersion
+from arcface.contracts import ContractError, EvaluationDir, ExportDir, StoreVersion
 
 CURRENT_FILE = "current.json"
 RUN_LOG_FILE = "runs.jsonl"
@@ -305,8 +305,6 @@ def promote(exported: str | os.PathLike, evaluation: str | os.PathLike, store: M
     the evaluation (this model's numbers and the champion's on the same pairs). The champion the evaluation
     scored must still be current.
     """
-    from arcface.contracts import EvaluationDir
-
     card = ExportDir.read_card(exported)
     champion = EvaluationDir.read_champion(evaluation)
     return store.add_version(

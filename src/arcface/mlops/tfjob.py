@@ -46,6 +46,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from arcface import atomic
+from arcface.config import from_dict
+from arcface.contracts import ManifestDir, ModelDir
+
 #: The run folders' parent on the PVC: ``<pvc mount>/arcface-tfjobs/<job name>/``.
 RUNS_FOLDER = "arcface-tfjobs"
 MANIFEST_FOLDER = "manifest"
@@ -540,8 +544,6 @@ class _JobWatch:
 # ---------------------------------------------------------------------------------------------------------
 def stage(request: TFJobRequest, manifest_dir: str) -> None:
     """Copy the manifest folder into the run folder on the PVC; refuse data the workers cannot see."""
-    from arcface.contracts import ManifestDir
-
     os.makedirs(request.run_dir, exist_ok=True)
     shutil.copytree(manifest_dir, request.manifest_dir, dirs_exist_ok=True)
     manifest = ManifestDir.read(request.manifest_dir)
@@ -556,8 +558,6 @@ def stage(request: TFJobRequest, manifest_dir: str) -> None:
 
 def copy_chief_model(request: TFJobRequest, model_dir: str) -> dict[str, Any]:
     """The chief's model folder into ``model_dir``; return its TrainResult fields (the worker's result file)."""
-    from arcface.contracts import ModelDir
-
     chief = request.model_folder
     if not os.path.isfile(os.path.join(chief, ModelDir.METADATA_FILE)):
         raise TFJobError(f"TFJob {request.namespace}/{request.name} succeeded but its chief wrote no model under "
@@ -680,9 +680,6 @@ def launch(request: TFJobRequest, manifest_dir: str, model_dir: str, *, api_clie
 def run_worker(config_json: str, manifest_dir: str, run_dir: str) -> int:
     """Train as one worker of the TFJob: the train step's call, with save_path <run_dir>/model (the chief's)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from arcface import atomic
-    from arcface.config import from_dict
-    from arcface.contracts import ManifestDir
     from arcface.train import tf_config_is_chief, train
 
     save_path = os.path.join(run_dir, MODEL_FOLDER)

@@ -36,9 +36,18 @@ import os
 from collections import defaultdict
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-from arcface.artifacts import NORMALIZATION
+from arcface import __version__
+from arcface.artifacts import NORMALIZATION, file_sha256, save_keras, write_json
+from arcface.config import TrainConfig
+from arcface.contracts import ModelDir
+from arcface.data.align import TEMPLATE_NAME
+from arcface.data.preprocess import face_pixels, normalize
+from arcface.embedding import IMAGE_SUFFIXES
+from arcface.models import L2Normalize, get_backbone
 from arcface.models.backbones import INSIGHTFACE_IRESNETS, IRESNET_DEPTHS
 
 #: insightface's recognition input (model_zoo/arcface_onnx.py: blobFromImages(1/std, mean, swapRB=True)): RGB.
@@ -452,10 +461,6 @@ def _conv_bns(weights: IResNetWeights) -> list[tuple[str, str, ConvBN]]:
 
 def build_model(weights: IResNetWeights):
     """The embedding model (image -> unit embedding) holding ``weights``, as ``build_models`` nests it."""
-    import keras
-
-    from arcface.models import L2Normalize, get_backbone
-
     backbone = get_backbone(weights.backbone, weights.image_size, weights.embedding_size)
     for conv, bn, convbn in _conv_bns(weights):
         _set(backbone.get_layer(conv), convbn.kernel)
@@ -481,10 +486,6 @@ def calibrate(model, weights: IResNetWeights, pixels: np.ndarray, batch_size: in
     mean m, moving variance v: inference is unchanged (gamma (x - m) / sqrt(v + eps) + bias + m = x + bias), and
     training on batches like these computes the same.
     """
-    import keras
-
-    from arcface.data.preprocess import normalize
-
     backbone = model.get_layer(weights.backbone)
     names = [bn for _, bn, convbn in _conv_bns(weights) if convbn.folded]
     if not names:
@@ -538,11 +539,6 @@ def read_onnx(source: str):
 def calibration_pixels(paths: list[str], image_size: int) -> np.ndarray:
     """uint8 RGB [N, S, S, 3] of the face images in ``paths`` (files, or folders searched recursively), made as
     every entrance makes them (:func:`arcface.data.preprocess.face_pixels`)."""
-    import tensorflow as tf
-
-    from arcface.data.preprocess import face_pixels
-    from arcface.embedding import IMAGE_SUFFIXES
-
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -589,8 +585,6 @@ def parity(source: str, model, pixels: np.ndarray) -> dict[str, Any]:
     normalised: the lowest cosine and the largest difference of one dimension."""
     import onnxruntime as ort
 
-    from arcface.data.preprocess import normalize
-
     options = ort.SessionOptions()
     options.log_severity_level = 3  # a file declaring a batch of 1 as its output shape warns at every run
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -612,8 +606,6 @@ def _check_parity(source: str, figures: dict[str, Any]) -> None:
 
 
 def _check_target(save_path: str) -> None:
-    from arcface.contracts import ModelDir
-
     if os.path.exists(save_path) and not os.path.isdir(save_path):
         raise InsightfaceImportError(f"--save_path {save_path} is a file; pass a folder for the model")
     present = [name for name in (ModelDir.EMBEDDING_MODEL_FILE, ModelDir.TRAINING_MODEL_FILE, ModelDir.METADATA_FILE)
@@ -625,12 +617,6 @@ def _check_target(save_path: str) -> None:
 
 def _metadata(weights: IResNetWeights, source: str, sha256: str, model, figures: dict[str, Any],
               batchnorm: dict[str, Any]) -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    from arcface import __version__
-    from arcface.data.align import TEMPLATE_NAME
-
     return {
         "package_version": __version__, "framework": f"tensorflow {tf.__version__} / keras {keras.__version__}",
         "class_names": [], "manifest_sha256": None,
@@ -657,10 +643,6 @@ def import_onnx(source: str | os.PathLike, save_path: str | os.PathLike, embeddi
     folder ``save_path``. ``embedding_size``: fail unless the source's embedding has this size.
     ``calibration_images``: face crops (files or folders) whose statistics the folded BNs get (:func:`calibrate`),
     for fine-tuning; without them those BNs start as the identity."""
-    from arcface.artifacts import file_sha256, save_keras, write_json
-    from arcface.config import TrainConfig
-    from arcface.contracts import ModelDir
-
     source, save_path = os.fspath(source), os.fspath(save_path)
     _check_target(save_path)
     model = read_onnx(source)

@@ -13,7 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from arcface import artifacts
-from arcface.config import TrainConfig
+from arcface.config import TrainConfig, load_yaml
 from arcface.training import TrainingError
 
 #: Fields that do not change what is trained (where it is written, how the run is driven, where the data lies:
@@ -80,8 +80,6 @@ def check_resumable(config: TrainConfig, latest: str | None, saved_config: str, 
             f"{where} already holds a checkpoint ({os.path.basename(latest)}); pass --resume to "
             f"continue it, or choose {fresh} (nothing is overwritten)")
     if latest and os.path.exists(saved_config):
-        from arcface.config import load_yaml
-
         previous = load_yaml(saved_config)
         changed = [f for f in ARCHITECTURE_FIELDS if getattr(previous, f) != getattr(config, f)]
         if changed:

@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from arcface import atomic
 
@@ -97,8 +98,6 @@ class EpochLog:
         write_training_csv(os.path.join(self.folder, TRAINING_CSV), history)
         # The TensorBoard package is not a TensorFlow dependency any more; the core op writes the same
         # events, tagged for the scalars plugin, so `tensorboard --logdir` draws them.
-        from tensorflow.core.framework import summary_pb2
-
         scalar = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
         with self.writer.as_default():
