@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ARCFACE_SHARED_FACES", REPO.parent / "shared" / "data" / "faces"))
 TEAM_TRAIN, TEAM_VALIDATION = 5, 1
+RECORD_FILE = "bench_record.json"  # what training a model of the workdir recorded (--reuse reads it)
 
 #: Fine-tuning variants of the transfer experiment: overrides of configs/finetune_cpu.yaml.
 FINETUNE_VARIANTS = {
@@ -88,11 +89,11 @@ def team_split(seed: int) -> tuple[dict, dict, dict]:
 class Workbench:
     """The folders, pairs and manifests one experiment shares between its variants."""
 
-    def __init__(self, work: Path, seed: int, max_genuine: int):
+    def __init__(self, work: Path, seed: int, max_genuine: int, reuse: bool = False):
         from arcface.data import run_validation
 
         self.quality = _quality()
-        self.work, self.seed = work, seed
+        self.work, self.seed, self.reuse = work, seed, reuse
         train, validation, held = team_split(seed)
         self.quality.link_tree(work / "team" / "train", train)
         self.quality.link_tree(work / "team" / "validation", validation)
@@ -123,6 +124,12 @@ class Workbench:
 
         from arcface.train import train
 
+        done = self.work / "models" / name / RECORD_FILE
+        if self.reuse and done.is_file():  # trained by an earlier run of this workdir, with the same arguments
+            record = json.loads(done.read_text())
+            self.results[name] = {"training": record}
+            print(f"{name}: reused {json.dumps(record)}", file=sys.stderr, flush=True)
+            return record
         keras.backend.clear_session()
         started, load = time.time(), os.getloadavg()
         config = config.replace(save_path=str(self.work / "models" / name),
@@ -134,6 +141,7 @@ class Workbench:
                   "wall_minutes": (time.time() - started) / 60, "load_average_at_start": load,
                   "final_loss": outcome.history[-1]["loss"] if outcome.history else None}
         self.results[name] = {"training": record}
+        done.write_text(json.dumps(record))
         print(f"{name}: trained {json.dumps(record)}", file=sys.stderr, flush=True)
         return record
 
@@ -240,6 +248,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max_genuine", type=int, default=500, help="genuine pairs at most (as many impostors)")
     parser.add_argument("--workdir", help="keep the folders here (default: a new temporary folder)")
     parser.add_argument("--out", help="write the JSON here too")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --workdir of an earlier run with the same arguments: score the models it trained "
+                             "instead of training them again")
     args = parser.parse_args(argv)
     if not (SHARED / "orl_faces").is_dir():
         raise SystemExit(f"{SHARED / 'orl_faces'} not found: this benchmark needs ../shared/data/faces "
@@ -247,7 +258,7 @@ def main(argv=None) -> int:
     from arcface import __version__
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"arcface-warm-{args.experiment}-"))
-    bench = Workbench(work, args.seed, args.max_genuine)
+    bench = Workbench(work, args.seed, args.max_genuine, reuse=args.reuse)
     started = time.time()
     details = (weekly if args.experiment == "weekly" else transfer)(bench, args)
     result = {"benchmark": f"warm_start_{args.experiment}", "package_version": __version__, "seed": args.seed,

@@ -26,7 +26,7 @@ from arcface.choices import (
 )
 from arcface.config import ConfigError
 from arcface.data.validate import resolve_roots, run_validation
-from arcface.mlops import images
+from arcface.mlops import images, serving_defaults
 from arcface.mlops.tfjob import run_worker
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -323,12 +323,13 @@ def _add_import(sub) -> None:
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve the model with KServe's model server (v1 and v2 protocols)")
     p.add_argument("--model", required=True, help="an export folder or a model-store version folder")
-    p.add_argument("--name", default="arcface", help="the model name in the URLs")
-    p.add_argument("--http_port", type=int, default=8080)
+    p.add_argument("--name", default=serving_defaults.DEFAULT_NAME, help="the model name in the URLs")
+    p.add_argument("--http_port", type=int, default=serving_defaults.DEFAULT_HTTP_PORT)
     p.add_argument("--grpc_port", type=int, default=None, help="also serve gRPC v2 on this port")
     p.add_argument("--index", help="a gallery index for search requests (`arcface enroll`)")
-    p.add_argument("--max_instances", type=int, default=64, help="the most images one request may carry")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--max_instances", type=int, default=serving_defaults.DEFAULT_MAX_INSTANCES,
+                   help="the most images one request may carry")
+    p.add_argument("--host", default=serving_defaults.DEFAULT_HOST,
                    help="the address to listen on (default 127.0.0.1: this machine only, since the server has no "
                         "authentication); 0.0.0.0 only behind an authenticating ingress, as the InferenceService runs it")
     p.add_argument("--on_no_face", choices=NO_FACE_CHOICES, default="skip",
@@ -336,16 +337,17 @@ def _add_serve(sub) -> None:
                         "others with results; fail makes the request a 400; whole uses the whole image")
     p.add_argument("--return_paths", action="store_true",
                    help="search answers carry the enrolled photo's path (default: identity and score only)")
-    p.add_argument("--max_batch_size", type=_positive_int, default=16,
-                   help="the most images one forward pass embeds for concurrent requests (default 16)")
-    p.add_argument("--max_batch_wait_ms", type=_non_negative_float, default=10.0,
-                   help="how long a forward pass waits for more requests to fill it (default 10; 0: never waits)")
-    p.add_argument("--max_queue", type=_positive_int, default=128,
+    p.add_argument("--max_batch_size", type=_positive_int, default=serving_defaults.DEFAULT_MAX_BATCH_SIZE,
+                   help="the most images one forward pass embeds for concurrent requests (default %(default)s)")
+    p.add_argument("--max_batch_wait_ms", type=_non_negative_float,
+                   default=serving_defaults.DEFAULT_MAX_BATCH_WAIT_MS,
+                   help="how long a forward pass waits for more requests to fill it (default %(default)g; 0: never waits)")
+    p.add_argument("--max_queue", type=_positive_int, default=serving_defaults.DEFAULT_MAX_QUEUE,
                    help="the most images admitted and not yet answered; past it a request gets 503 with "
-                        "Retry-After (default 128, at least --max_instances)")
-    p.add_argument("--workers", type=_positive_int, default=1,
+                        "Retry-After (default %(default)s, at least --max_instances)")
+    p.add_argument("--workers", type=_positive_int, default=serving_defaults.DEFAULT_WORKERS,
                    help="server processes, each with its own copy of the model and its own batches (KServe's "
-                        "--workers; default 1: measured on 2 cores, see benchmarks/README.md)")
+                        "--workers; default %(default)s: measured on 2 cores, see benchmarks/README.md)")
     p.set_defaults(run=_serve)
 
 

@@ -78,15 +78,6 @@ class Embedder:
     def threshold_flip_tta(self) -> bool:
         return self.model_input.flip_tta
 
-    def inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
-        """Encoded images -> the model's inputs [N, S, S, 3]: aligned first when the model was trained on aligned
-        crops, then ``model_input``. Bytes that are not a readable image, or a photo without a usable face, are
-        an error naming them."""
-        batch, faceless = self.checked_inputs(contents, names)
-        if faceless:
-            raise EmbeddingError(no_face_message(faceless))
-        return batch
-
     def checked_inputs(self, contents: Sequence[bytes], names: Sequence[str]) -> tuple[np.ndarray, list[NoFace]]:
         """The model's inputs [N, S, S, 3], and the photos in which the detector found no usable face: their
         rows hold the whole image (as ``align='none'`` reads it), so the caller decides to skip, fail or use them."""
@@ -117,9 +108,6 @@ class Embedder:
                                                     whole_image_fallback=True, error=EmbeddingError)
         return batch, [NoFace.from_finding(i, name, not_aligned[name]) for i, name in enumerate(names)
                        if name in not_aligned]
-
-    def load_images(self, paths: Sequence[str]) -> np.ndarray:
-        return self.inputs([read_image_bytes(p) for p in paths], list(paths))
 
     def _embed_batch(self, batch: np.ndarray, flip_tta: bool) -> np.ndarray:
         """The raw rows of ``batch``; with ``flip_tta`` each summed with its mirror image's, both in one pass

@@ -20,7 +20,6 @@ from arcface.data.align import (
     align_face,
     align_images,
     align_manifest,
-    apply_transform,
     choose_face,
     default_detector,
     similarity_transform,
@@ -29,6 +28,11 @@ from arcface.data.align import (
 )
 
 SIZE = 112
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity ``matrix`` applied to (x, y) points."""
+    return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
 
 
 def similarity(scale: float, degrees: float, shift: tuple[float, float]) -> np.ndarray:

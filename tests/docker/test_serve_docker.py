@@ -67,7 +67,9 @@ def test_arcface_serve_in_the_cpu_image(docker_images, sample_dir, tmp_path):
             os.chmod(os.path.join(folder, f), 0o644)
     started = _docker(["run", "-d", "--rm", "--network", "none", "-v", f"{mounted}:/mnt/models:ro",
                        "-v", f"{faces}:/faces:ro", docker_images.cpu, "arcface", "serve", "--model", "/mnt/models",
-                       "--name", "faces", "--http_port", "8080"], docker_images)
+                       "--name", "faces", "--http_port", "8080",
+                       # one process, ready once it answers (tests/serving/test_listen.py serves with two)
+                       "--workers", "1"], docker_images)
     assert started.returncode == 0, started.stderr
     container = started.stdout.strip()
     try:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from arcface import artifacts
 from arcface.cli import main as cli
 from arcface.config import TrainConfig
 from arcface.contracts import KFOLD_MEAN, EvaluationDir, EvaluationSummary
+from arcface.data.preprocess import model_input
 from arcface.embedding import EmbeddingError, embed_command, load_embedder
 
 IMAGE_SIZE = 64
@@ -74,7 +76,7 @@ def test_flip_tta_is_the_mirror_sum(model_dir, sample_dir):
     embedder = load_embedder(model_dir)
     path = faces(sample_dir)[0]
     flipped = embedder.embed([path], flip_tta=True)[0]
-    image = embedder.load_images([path])
+    image = model_input(tf.constant(Path(path).read_bytes()), embedder.image_size, embedder.center_crop).numpy()[None]
     both = embedder.forward(image)[0] + embedder.forward(np.ascontiguousarray(image[:, :, ::-1]))[0]
     np.testing.assert_allclose(flipped, both / np.linalg.norm(both), atol=1e-5)
 

@@ -73,6 +73,8 @@ def free_port() -> int:
 def running_server(args: list[str], log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """``arcface serve *args`` on a free port in a subprocess: (its loopback URL, the process) once ready;
     stopped by its pid. ``args`` name no --http_port."""
+    if "--workers" not in args:  # one process: the tests read its batching counters, which each process keeps
+        args = [*args, "--workers", "1"]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     with open(log, "wb") as out:

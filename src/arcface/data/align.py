@@ -5,8 +5,10 @@ tip, the mouth corners at :data:`TEMPLATE_112` in a 112x112 crop). This module f
 points with MTCNN (the ``mtcnn`` package: TensorFlow, MIT licence, its weights ship inside the wheel, so
 nothing is downloaded at run time), fits the least-squares similarity transform onto the template
 (:func:`similarity_transform`, Umeyama's method) and warps the upright image with it (:func:`warp`).
-:func:`align_images` is the one function every entrance calls: the align step of the pipeline
-(:func:`run_alignment`), ``arcface embed/compare/search`` and the evaluation of a pairs file.
+:meth:`MtcnnDetector.detect` (batched) and :func:`align_detected` (choose and warp) are what every entrance runs,
+through :func:`align_images` or, where a server detects several requests' photos in one call, one after the other:
+the align step of the pipeline (:func:`run_alignment`), ``arcface embed/compare/search``, the server and the
+evaluation of a pairs file (:class:`arcface.embedding.Embedder`).
 
 Which face, when there are several (:func:`choose_face`): among the faces scored at least ``min_score``, the
 largest box; boxes within 10 % of the largest area are a tie, and the one nearest the image centre wins.
@@ -96,11 +98,6 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     scale = float(np.trace(np.diag(s) @ d) / variance)
     translation = mean_dst - scale * rotation @ mean_src
     return np.hstack([scale * rotation, translation[:, None]])
-
-
-def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    points = np.asarray(points, np.float64)
-    return points @ matrix[:, :2].T + matrix[:, 2]
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, image_size: int) -> np.ndarray:
@@ -293,16 +290,6 @@ def encode_png(crop: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(crop).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def aligned_model_inputs(contents: Sequence[bytes], names: Sequence[str], image_size: int, center_crop: float = 1.0,
-                         *, whole_image_fallback: bool = False,
-                         error: Callable[[str], Exception] = DataError) -> tuple[np.ndarray, dict[str, str]]:
-    """Encoded photos -> the model inputs [N, S, S, 3] of their aligned crops, as in training: see
-    :func:`inputs_from_alignments`."""
-    images = [upright_image(c) for c in contents]
-    return inputs_from_alignments(images, align_images(images, image_size), names, image_size, center_crop,
-                                  whole_image_fallback=whole_image_fallback, error=error)
 
 
 def inputs_from_alignments(images: Sequence[np.ndarray], alignments: Sequence[Alignment], names: Sequence[str],

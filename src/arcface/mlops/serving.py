@@ -72,23 +72,19 @@ from prometheus_client import Counter
 from arcface.data.validate import MAX_PIXELS
 from arcface.embedding import Embedded, EmbeddingError, NoFace, Prepared, check_on_no_face
 from arcface.mlops.gallery import GalleryError, GalleryIndex, IdentifiedModel, Match, load_model
+from arcface.mlops.serving_defaults import (
+    ALL_INTERFACES,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_WAIT_MS,
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_NAME,
+    DEFAULT_WORKERS,
+    RETRY_AFTER_S,
+)
 
-DEFAULT_NAME = "arcface"
-DEFAULT_MAX_INSTANCES = 64
 TASKS = ("embed", "compare", "search")
-# Measured on 2 busy CPU cores (the InferenceService's limit), ResNet50 at 112 px: 216 ms for one image, ~150 ms
-# per image from a pass of 8 on (8: 1.2 s, 32: 5.6 s, 64: 8 s per pass); the tiny test model: 2.1 ms for one,
-# 0.25 ms per image at 16, 0.24 at 32. Past 16 a pass gains little per image while every caller in it waits for
-# all of it. A 10 ms wait is under 5% of a lone ResNet50 image's pass, so an idle server barely notices it.
-DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_MAX_BATCH_WAIT_MS = 10.0
-# Images admitted and not yet answered: 128 is about 19 s of ResNet50 work on those 2 cores, under the 30-60 s
-# callers usually wait; past it a caller is better told to retry (or sent to another replica) than kept waiting.
-DEFAULT_MAX_QUEUE = 128
-RETRY_AFTER_S = 1
-# Server processes (KServe's --workers): each loads its own model and batches its own requests.
-DEFAULT_WORKERS = 1
-
 FORWARD_PASSES = Counter("arcface_forward_passes", "forward passes run by the serving micro-batcher")
 BATCHED_INPUTS = Counter("arcface_batched_inputs", "model inputs embedded by the serving micro-batcher")
 DETECTOR_PASSES = Counter("arcface_detector_passes", "face detector calls run by the serving micro-batcher")
@@ -523,8 +519,6 @@ def _errors(embedded: Embedded) -> dict[int, NoFace]:
     return {problem.index: problem for problem in embedded.skipped}
 
 
-DEFAULT_HOST = "127.0.0.1"
-ALL_INTERFACES = ("0.0.0.0", "::")
 
 
 class HostModelServer(kserve.ModelServer):
