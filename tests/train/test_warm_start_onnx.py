@@ -5,7 +5,6 @@ topology and random weights (tests/models/test_insightface_import.py), never dow
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from arcface.warm_start import StartError
 from tests.models.test_insightface_import import iresnet_onnx, onnxruntime_embeddings
 from tests.train.conftest import tiny_config
+from tests.train.test_warm_start import team_manifest  # noqa: F401  (the fixture: four ORL people)
 
 IRESNET18 = (2, 2, 2, 2)
 
@@ -23,23 +23,12 @@ def onnx_file(tmp_path_factory) -> str:
     return iresnet_onnx(tmp_path_factory.mktemp("insightface") / "r18.onnx", depths=IRESNET18, seed=3)
 
 
-@pytest.fixture(scope="module")
-def team_manifest(sample_dir, tmp_path_factory):
-    from arcface.data import run_validation
-
-    root = tmp_path_factory.mktemp("team")
-    for split in ("train", "validation"):
-        for identity in ("s2", "s3", "s4", "s5"):
-            shutil.copytree(sample_dir / split / identity, root / split / identity)
-    return run_validation(str(root / "train"), str(root / "validation"), str(root / "out")).manifest
-
-
 def onnx_config(folder, onnx_file: str, **changes):
     settings = {"backbone": "IResNet18", "image_size": 112, "embedding_size": 512, "init_from": onnx_file, **changes}
     return tiny_config(folder, **settings)
 
 
-def test_a_run_starts_from_the_onnx_file_as_onnxruntime_runs_it(onnx_file, team_manifest, tmp_path):
+def test_a_run_starts_from_the_onnx_file_as_onnxruntime_runs_it(onnx_file, team_manifest, tmp_path):  # noqa: F811
     import tensorflow as tf
 
     from arcface.data.preprocess import face_pixels, normalize
@@ -61,7 +50,7 @@ def test_a_run_starts_from_the_onnx_file_as_onnxruntime_runs_it(onnx_file, team_
     assert hashlib.sha256(Path(onnx_file).read_bytes()).hexdigest() == before  # the source is only read
 
 
-def test_an_onnx_of_another_backbone_or_topology_is_named(onnx_file, team_manifest, tmp_path):
+def test_an_onnx_of_another_backbone_or_topology_is_named(onnx_file, team_manifest, tmp_path):  # noqa: F811
     from arcface.train import Trainer
 
     trainer = Trainer(onnx_config(tmp_path / "r50", onnx_file, backbone="IResNet50"), team_manifest, verbose=0)
