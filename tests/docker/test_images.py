@@ -80,7 +80,7 @@ def test_images_module_prints_what_build_sh_reads():
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop(images.REPOSITORY_ENV, None)
     out = subprocess.run(
-        [sys.executable, "-m", "arcface.mlops.images"],
+        [sys.executable, "-m", "arcface", "images"],
         capture_output=True,
         text=True,
         env=env,
