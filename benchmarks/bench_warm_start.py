@@ -3,11 +3,12 @@
     python benchmarks/bench_warm_start.py --experiment weekly --seed 42 --out benchmarks/results/warm_start_weekly_seed42.json
     python benchmarks/bench_warm_start.py --experiment transfer --seed 42 --out benchmarks/results/warm_start_transfer_seed42.json
 
-The team is ORL (../shared/data/faces/orl_faces, 40 people, none of them in LFW): per person, a seeded 5 photos
-train, 1 validates, and the other 4 are the team's held-out photos; their pairs (every genuine pair, as many
-impostors) are what a team would judge a model by.
+The team (--team) is ORL (../shared/data/faces/orl_faces, 40 people, none of them in LFW) or, for the weekly
+loop, the 115 LFW people with 10 photos or more (a larger team: more pairs in every fold). Per person, a seeded
+5 photos train, 1 validates, and up to 6 of the others are the team's held-out photos (ORL has 4 left); their
+pairs (every genuine pair or --max_genuine of them, as many impostors) are what a team would judge a model by.
 
-weekly: the retraining loop. Week 1 trains from scratch on the team (the ORL preset, --week_epochs epochs); week 2
+weekly: the retraining loop. Week 1 trains from scratch on the team (the team's preset, --week_epochs epochs); week 2
 trains on the same photos with the same budget, once from scratch (another seed, as a new run draws) and once
 from week 1's model (what the pipeline does by default when its store holds a champion).
 
@@ -38,7 +39,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ARCFACE_SHARED_FACES", REPO.parent / "shared" / "data" / "faces"))
-TEAM_TRAIN, TEAM_VALIDATION = 5, 1
+TEAM_TRAIN, TEAM_VALIDATION, TEAM_HELD_MAX = 5, 1, 6
+#: The teams, each with the preset it trains with: ORL's photos are pre-cropped, LFW's are aligned first.
+TEAMS = {"orl": {"folder": "orl_faces", "min_photos": 10, "preset": "configs/orl_cpu.yaml"},
+         "lfw": {"folder": "lfw_deepfunneled", "min_photos": 10, "preset": "configs/lfw_cpu.yaml"}}
 RECORD_FILE = "bench_record.json"  # what training a model of the workdir recorded (--reuse reads it)
 
 #: Fine-tuning variants of the transfer experiment: overrides of configs/finetune_cpu.yaml.
@@ -73,35 +77,40 @@ def cpu() -> dict:
             "bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}), "avx512f": "avx512f" in flags}
 
 
-def team_split(seed: int) -> tuple[dict, dict, dict]:
-    """ORL: per person, TEAM_TRAIN photos train, TEAM_VALIDATION validate, the rest are held out."""
+def team_split(team: str, seed: int) -> tuple[dict, dict, dict]:
+    """Per person with enough photos: TEAM_TRAIN photos train, TEAM_VALIDATION validate, up to TEAM_HELD_MAX of the
+    rest are held out."""
     rng = random.Random(seed)
     train, validation, held = {}, {}, {}
-    for person in sorted(p for p in (SHARED / "orl_faces").iterdir() if p.is_dir()):
+    for person in sorted(p for p in (SHARED / TEAMS[team]["folder"]).iterdir() if p.is_dir()):
         files = sorted(person.iterdir())
+        if len(files) < TEAMS[team]["min_photos"]:
+            continue
         rng.shuffle(files)
         train[person.name] = files[:TEAM_TRAIN]
         validation[person.name] = files[TEAM_TRAIN:TEAM_TRAIN + TEAM_VALIDATION]
-        held[person.name] = files[TEAM_TRAIN + TEAM_VALIDATION:]
+        held[person.name] = files[TEAM_TRAIN + TEAM_VALIDATION:][:TEAM_HELD_MAX]
     return train, validation, held
 
 
 class Workbench:
     """The folders, pairs and manifests one experiment shares between its variants."""
 
-    def __init__(self, work: Path, seed: int, max_genuine: int, reuse: bool = False):
+    def __init__(self, work: Path, seed: int, max_genuine: int, team: str = "orl", reuse: bool = False):
         from arcface.data import run_validation
 
         self.quality = _quality()
         self.work, self.seed, self.reuse = work, seed, reuse
-        train, validation, held = team_split(seed)
+        train, validation, held = team_split(team, seed)
         self.quality.link_tree(work / "team" / "train", train)
         self.quality.link_tree(work / "team" / "validation", validation)
-        self.team_root = self.quality.orl_as_lfw(SHARED / "orl_faces", work / "orl_as_lfw") \
-            if not (work / "orl_as_lfw").exists() else work / "orl_as_lfw"
-        self.team_pairs = self.quality.write_pairs(work / "team_pairs.txt", {
-            n: [self.team_root / n / f"{n}_{int(f.stem):04d}.jpg" for f in files] for n, files in held.items()},
-            seed, max_genuine)
+        if team == "orl":
+            self.team_root = self.quality.orl_as_lfw(SHARED / "orl_faces", work / "orl_as_lfw") \
+                if not (work / "orl_as_lfw").exists() else work / "orl_as_lfw"
+            held = {n: [self.team_root / n / f"{n}_{int(f.stem):04d}.jpg" for f in files] for n, files in held.items()}
+        else:  # LFW's files are already named as its pairs name them
+            self.team_root = SHARED / TEAMS[team]["folder"]
+        self.team_pairs = self.quality.write_pairs(work / "team_pairs.txt", held, seed, max_genuine)
         self.team = run_validation(str(work / "team" / "train"), str(work / "team" / "validation"),
                                    str(work / "team_manifest")).manifest
         self.aligned: dict[str, object] = {}
@@ -172,18 +181,24 @@ def _paired(quality, eval_dir: Path, first: str, second: str) -> dict:
 def weekly(bench: Workbench, args) -> dict:
     from arcface.config import load_yaml
 
-    preset = load_yaml(REPO / "configs" / "orl_cpu.yaml").replace(max_minutes=0.0, epochs=args.week_epochs,
-                                                                   seed=args.seed)
+    preset = load_yaml(REPO / TEAMS[args.team]["preset"]).replace(max_minutes=0.0, epochs=args.week_epochs,
+                                                                  seed=args.seed)
     manifest = bench.team_manifest(preset)
     bench.train("week1", preset, manifest)
     second = preset.replace(seed=args.seed + 1)  # the next run draws another seed
     bench.train("week2_scratch", second, manifest)
-    bench.train("week2_warm", second.replace(init_from=str(bench.work / "models" / "week1")), manifest)
-    for name in ("week1", "week2_scratch", "week2_warm"):
+    warm = second.replace(init_from=str(bench.work / "models" / "week1"))
+    bench.train("week2_warm", warm, manifest)
+    # What fine-tuning does (configs/finetune_cpu.yaml): a tenth of the rate, no warm-up, the rate decayed to zero.
+    bench.train("week2_warm_tenth_lr", warm.replace(lr=preset.lr / 10, warmup_epochs=0.0), manifest)
+    names = ("week1", "week2_scratch", "week2_warm", "week2_warm_tenth_lr")
+    for name in names:
         bench.score(name, "team", bench.work / "team_pairs.txt", bench.team_root)
-    return {"preset": "configs/orl_cpu.yaml", "week_epochs": args.week_epochs,
-            "paired": {"team": {"week2_warm - week2_scratch": bench.paired("team", "week2_warm", "week2_scratch"),
-                                "week2_warm - week1": bench.paired("team", "week2_warm", "week1")}}}
+    return {"preset": TEAMS[args.team]["preset"], "week_epochs": args.week_epochs,
+            "paired": {"team": {f"{a} - {b}": bench.paired("team", a, b)
+                                for a, b in (("week2_warm", "week2_scratch"), ("week2_warm", "week1"),
+                                                      ("week2_warm_tenth_lr", "week2_scratch"),
+                                                      ("week2_warm_tenth_lr", "week1"))}}}
 
 
 def transfer(bench: Workbench, args) -> dict:
@@ -240,6 +255,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", choices=("weekly", "transfer"), required=True)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--team", choices=tuple(TEAMS), default="orl",
+                        help="the team's photos: ORL's 40 people, or (weekly only) LFW's 115 with 10 photos or more")
     parser.add_argument("--week_epochs", type=int, default=12, help="weekly: each week's epochs on the team")
     parser.add_argument("--pretrain_epochs", type=int, default=8, help="transfer: epochs of LFW pretraining")
     parser.add_argument("--finetune_epochs", type=int, default=20, help="transfer: epochs of fine-tuning")
@@ -252,18 +269,21 @@ def main(argv=None) -> int:
                         help="with --workdir of an earlier run with the same arguments: score the models it trained "
                              "instead of training them again")
     args = parser.parse_args(argv)
-    if not (SHARED / "orl_faces").is_dir():
-        raise SystemExit(f"{SHARED / 'orl_faces'} not found: this benchmark needs ../shared/data/faces "
-                         "(or ARCFACE_SHARED_FACES)")
+    if args.experiment == "transfer" and args.team != "orl":
+        parser.error("--experiment transfer pretrains on LFW: its team must be ORL (--team orl), whose people are "
+                     "not in LFW")
+    if not (SHARED / TEAMS[args.team]["folder"]).is_dir():
+        raise SystemExit(f"{SHARED / TEAMS[args.team]['folder']} not found: this benchmark needs "
+                         "../shared/data/faces (or ARCFACE_SHARED_FACES)")
     from arcface import __version__
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"arcface-warm-{args.experiment}-"))
-    bench = Workbench(work, args.seed, args.max_genuine, reuse=args.reuse)
+    bench = Workbench(work, args.seed, args.max_genuine, team=args.team, reuse=args.reuse)
     started = time.time()
     details = (weekly if args.experiment == "weekly" else transfer)(bench, args)
     result = {"benchmark": f"warm_start_{args.experiment}", "package_version": __version__, "seed": args.seed,
               "cpu": cpu(), "command": "python benchmarks/bench_warm_start.py " + " ".join(argv or sys.argv[1:]),
-              "team": {"people": len(bench.team.class_names), "train_images": len(bench.team.split("train")),
+              "team": {"photos": args.team, "people": len(bench.team.class_names), "train_images": len(bench.team.split("train")),
                        "pairs": bench.team_pairs},
               **details, "variants": bench.results, "wall_minutes": (time.time() - started) / 60,
               "workdir": str(work)}
