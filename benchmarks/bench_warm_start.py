@@ -1,6 +1,8 @@
 """Starting from what was learned (--init_from, the pipeline's warm start), against starting from scratch.
 
     python benchmarks/bench_warm_start.py --experiment weekly --seed 42 --out benchmarks/results/warm_start_weekly_seed42.json
+    python benchmarks/bench_warm_start.py --experiment weekly --team lfw --week_epochs 6 --max_genuine 1000 --seed 42 \
+        --out benchmarks/results/warm_start_weekly_lfw_6epochs_seed42.json
     python benchmarks/bench_warm_start.py --experiment transfer --seed 42 --out benchmarks/results/warm_start_transfer_seed42.json
 
 The team (--team) is ORL (../shared/data/faces/orl_faces, 40 people, none of them in LFW) or, for the weekly
@@ -196,9 +198,7 @@ def weekly(bench: Workbench, args) -> dict:
         bench.score(name, "team", bench.work / "team_pairs.txt", bench.team_root)
     return {"preset": TEAMS[args.team]["preset"], "week_epochs": args.week_epochs,
             "paired": {"team": {f"{a} - {b}": bench.paired("team", a, b)
-                                for a, b in (("week2_warm", "week2_scratch"), ("week2_warm", "week1"),
-                                                      ("week2_warm_tenth_lr", "week2_scratch"),
-                                                      ("week2_warm_tenth_lr", "week1"))}}}
+                                for a in names[2:] for b in ("week2_scratch", "week1")}}}
 
 
 def transfer(bench: Workbench, args) -> dict:
@@ -283,8 +283,8 @@ def main(argv=None) -> int:
     details = (weekly if args.experiment == "weekly" else transfer)(bench, args)
     result = {"benchmark": f"warm_start_{args.experiment}", "package_version": __version__, "seed": args.seed,
               "cpu": cpu(), "command": "python benchmarks/bench_warm_start.py " + " ".join(argv or sys.argv[1:]),
-              "team": {"photos": args.team, "people": len(bench.team.class_names), "train_images": len(bench.team.split("train")),
-                       "pairs": bench.team_pairs},
+              "team": {"photos": args.team, "people": len(bench.team.class_names),
+                       "train_images": len(bench.team.split("train")), "pairs": bench.team_pairs},
               **details, "variants": bench.results, "wall_minutes": (time.time() - started) / 60,
               "workdir": str(work)}
     text = json.dumps(result, indent=2)
