@@ -14,8 +14,7 @@ import re
 from typing import Any
 
 from arcface import __version__, atomic
-from arcface.mlops import images
-from arcface.mlops import serving_defaults as serving
+from arcface.mlops import images, serving_defaults
 
 MODEL_MOUNT = "/mnt/models"       # where KServe's storage initializer puts storageUri
 HTTP_PORT = 8080
@@ -78,9 +77,10 @@ def serving_args() -> list[str]:
     show in the manifest. The server batches concurrent requests itself; KServe's spec.predictor.batcher is not
     set, since it merges several requests' v1 instances into one and a bad photo in one would fail them all
     (arcface.mlops.serving says more)."""
-    return ["--max_batch_size", str(serving.DEFAULT_MAX_BATCH_SIZE),
-            "--max_batch_wait_ms", f"{serving.DEFAULT_MAX_BATCH_WAIT_MS:g}",
-            "--max_queue", str(serving.DEFAULT_MAX_QUEUE), "--workers", str(serving.DEFAULT_WORKERS)]
+    return ["--max_batch_size", str(serving_defaults.DEFAULT_MAX_BATCH_SIZE),
+            "--max_batch_wait_ms", f"{serving_defaults.DEFAULT_MAX_BATCH_WAIT_MS:g}",
+            "--max_queue", str(serving_defaults.DEFAULT_MAX_QUEUE),
+            "--workers", str(serving_defaults.DEFAULT_WORKERS)]
 
 
 def write_manifest(output: str, model_uri: str, name: str = DEFAULT_NAME, version: str | None = None,

@@ -110,17 +110,6 @@ def source_run(tiny_manifest, tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def team_manifest(sample_dir, tmp_path_factory):
-    from arcface.data import run_validation
-
-    root = tmp_path_factory.mktemp("team")
-    for split in ("train", "validation"):
-        for identity in ("s5", "s3", "s2", "s4"):
-            shutil.copytree(sample_dir / split / identity, root / split / identity)
-    return run_validation(str(root / "train"), str(root / "validation"), str(root / "out")).manifest
-
-
 def test_a_run_keeps_the_rows_it_knows_by_name_and_starts_new_ones_from_their_mean_embedding(
         source_run, team_manifest, tmp_path):
     import keras

@@ -13,7 +13,6 @@ import pytest
 from arcface.warm_start import StartError
 from tests.models.test_insightface_import import iresnet_onnx, onnxruntime_embeddings
 from tests.train.conftest import tiny_config
-from tests.train.test_warm_start import team_manifest  # noqa: F401  (the fixture: four ORL people)
 
 IRESNET18 = (2, 2, 2, 2)
 
@@ -28,7 +27,7 @@ def onnx_config(folder, onnx_file: str, **changes):
     return tiny_config(folder, **settings)
 
 
-def test_a_run_starts_from_the_onnx_file_as_onnxruntime_runs_it(onnx_file, team_manifest, tmp_path):  # noqa: F811
+def test_a_run_starts_from_the_onnx_file_as_onnxruntime_runs_it(onnx_file, team_manifest, tmp_path):
     import tensorflow as tf
 
     from arcface.data.preprocess import face_pixels, normalize
@@ -50,7 +49,7 @@ def test_a_run_starts_from_the_onnx_file_as_onnxruntime_runs_it(onnx_file, team_
     assert hashlib.sha256(Path(onnx_file).read_bytes()).hexdigest() == before  # the source is only read
 
 
-def test_an_onnx_of_another_backbone_or_topology_is_named(onnx_file, team_manifest, tmp_path):  # noqa: F811
+def test_an_onnx_of_another_backbone_or_topology_is_named(onnx_file, team_manifest, tmp_path):
     from arcface.train import Trainer
 
     trainer = Trainer(onnx_config(tmp_path / "r50", onnx_file, backbone="IResNet50"), team_manifest, verbose=0)

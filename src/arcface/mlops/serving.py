@@ -519,8 +519,6 @@ def _errors(embedded: Embedded) -> dict[int, NoFace]:
     return {problem.index: problem for problem in embedded.skipped}
 
 
-
-
 class HostModelServer(kserve.ModelServer):
     """KServe's ModelServer listening on ``host``. KServe 0.21 has no host option: its RESTServer builds the
     uvicorn config with ``host="0.0.0.0"`` inside ``ModelServer.start``. ``start`` creates the server's
